@@ -1,0 +1,63 @@
+"""Shared fixtures: one Leveret broker per test session, on an ephemeral port.
+
+Set ``LEVERET_TEST_URL`` (e.g. ``amqp://guest:guest@127.0.0.1:5673/%2F``, the broker that
+``../shared/tools/rabbitmq-local.sh start`` runs) to run the same tests against another broker,
+such as a real RabbitMQ: tests marked ``leveret_only`` are then skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pytest
+
+EXTERNAL_URL = os.environ.get("LEVERET_TEST_URL")
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker under test listens."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/%2F"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not EXTERNAL_URL:
+        return
+    skip = pytest.mark.skip(reason="Leveret-only behaviour; LEVERET_TEST_URL points elsewhere")
+    for item in items:
+        if "leveret_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[BrokerAddress]:
+    """The broker under test: an embedded Leveret, or the one named by LEVERET_TEST_URL."""
+    if EXTERNAL_URL:
+        parsed = urlparse(EXTERNAL_URL)
+        yield BrokerAddress(parsed.hostname or "127.0.0.1", parsed.port or 5672)
+        return
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(host="127.0.0.1", port=0) as embedded:
+        yield BrokerAddress("127.0.0.1", embedded.port)
+
+
+@pytest.fixture
+def amqp_url(broker: BrokerAddress) -> str:
+    return broker.url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh name prefix, so tests sharing one broker never collide."""
+    return f"t-{uuid.uuid4().hex[:12]}"
