@@ -1,0 +1,376 @@
+"""A channel: content assembly, deliveries and their acknowledgements, confirms and tx.
+
+Method handling is split by AMQP class into ``broker/handlers/`` (one module per class);
+this module holds the per-channel state those handlers share and the per-message fast path
+(basic.publish in, basic.deliver out, basic.ack/nack/reject in), which works on raw bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pamqp import commands
+
+from broker.handlers import HANDLERS
+from broker.message import Entry, Message
+from protocol import constants as c
+from protocol import errors, fastpath
+from protocol.framing import method_frame
+from protocol.methods import decode_method, make, method_index
+
+if TYPE_CHECKING:
+    from broker.connection import Connection
+    from broker.consumer import Consumer
+    from broker.exchange import Exchange
+    from broker.queue import Queue
+
+log = logging.getLogger(__name__)
+
+Delivery = tuple[Entry, "Queue", "Consumer | None"]
+
+
+class Channel:
+    """Per-channel state shared by the method handlers."""
+
+    def __init__(self, connection: Connection, number: int) -> None:
+        self.connection = connection
+        self.number = number
+        self.vhost = connection.vhost
+        self.closing = False  # we sent channel.close and wait for close-ok
+        self.flow_active = True
+        self.last_queue: str | None = None  # for queue methods with an empty name
+        # deliveries
+        self.next_delivery_tag = 1
+        self.unacked: dict[int, Delivery] = {}
+        self._unacked_order: deque[int] = deque()
+        self.consumers: dict[str, Consumer] = {}
+        self.prefetch_count = 0  # basic.qos global=false: per consumer
+        self.global_prefetch = 0  # basic.qos global=true: shared by the channel
+        # publishing
+        self.confirm_mode = False
+        self.publish_seq = 0
+        self.confirmed_seq = 0  # highest sequence number already acked to the publisher
+        self.tx_mode = False
+        self.tx_publishes: list[tuple[Exchange, Message, bool]] = []
+        self.tx_settlements: list[tuple[str, int, bool, bool]] = []
+        self._publish: fastpath.Publish | None = None
+        self._exchange: Exchange | None = None
+        self._header: bytes | None = None
+        self._body: list[bytes] = []
+        self._body_remaining = 0
+
+    # -- frames ----------------------------------------------------------------------------
+    def handle_frame(self, frame_type: int, payload: bytes) -> None:
+        """Process one frame for this channel; channel errors close the channel here."""
+        try:
+            if frame_type == c.FRAME_METHOD:
+                self._handle_method(payload)
+            elif frame_type == c.FRAME_HEADER:
+                self._handle_header(payload)
+            elif frame_type == c.FRAME_BODY:
+                self._handle_body(payload)
+            else:
+                raise errors.FrameError(f"unexpected frame type {frame_type} on channel")
+        except errors.ChannelError as error:
+            self.close_with_error(error)
+
+    def _handle_method(self, payload: bytes) -> None:
+        if self._publish is not None:
+            kind = "content header" if self._header is None else "content body"
+            raise errors.UnexpectedFrame(
+                f"expected {kind} for class 60, got non content {kind} frame instead"
+            )
+        index = method_index(payload)
+        if index == c.BASIC_PUBLISH:
+            self._on_publish(fastpath.decode_publish(payload))
+        elif index == c.BASIC_ACK:
+            self.ack(*fastpath.decode_ack(payload))
+        elif index == c.BASIC_NACK:
+            self.nack(*fastpath.decode_nack(payload))
+        elif index == c.BASIC_REJECT:
+            tag, requeue = fastpath.decode_reject(payload)
+            self.nack(tag, False, requeue)
+        else:
+            method = decode_method(payload)
+            handler = HANDLERS.get(index)
+            if handler is None:
+                raise errors.CommandInvalid(f"unexpected method {method.name} on a channel")
+            try:
+                handler(self, method)
+            except errors.AMQPError as error:
+                raise error.with_method(index >> 16, index & 0xFFFF) from None
+
+    # -- publishing ------------------------------------------------------------------------
+    def _on_publish(self, publish: fastpath.Publish) -> None:
+        try:
+            if publish.immediate:
+                raise errors.NotImplemented_("immediate=true")
+            exchange = self.vhost.exchanges.get(publish.exchange)
+            if exchange is None:
+                raise self.vhost.no_exchange(publish.exchange)
+            if exchange.internal:
+                raise errors.AccessRefused(
+                    f"cannot publish to internal exchange '{exchange.name}' "
+                    f"in vhost '{self.vhost.name}'"
+                )
+        except errors.AMQPError as error:
+            raise error.with_method(c.CLASS_BASIC, 40) from None
+        self._publish = publish
+        self._exchange = exchange
+        self.connection.has_published = True
+
+    def _handle_header(self, payload: bytes) -> None:
+        if self._publish is None or self._header is not None:
+            raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+        size = fastpath.content_body_size(payload)
+        limit = self.connection.broker.config.max_message_size
+        if size > limit:
+            self._reset_content()
+            raise errors.PreconditionFailed(
+                f"message size {size} is larger than configured max size {limit}",
+                c.CLASS_BASIC,
+                40,
+            )
+        self._header = payload
+        if size == 0:
+            self._finish_publish(b"")
+        else:
+            self._body_remaining = size
+
+    def _handle_body(self, payload: bytes) -> None:
+        if self._header is None:
+            raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+        remaining = self._body_remaining - len(payload)
+        if remaining < 0:
+            raise errors.UnexpectedFrame("content body frame exceeds the size in the header")
+        if remaining == 0:
+            body = self._body
+            if body:
+                body.append(payload)
+                payload = b"".join(body)
+                body.clear()
+            self._finish_publish(payload)
+        else:
+            self._body.append(payload)
+            self._body_remaining = remaining
+
+    def _reset_content(self) -> None:
+        self._publish = self._exchange = self._header = None
+        self._body.clear()
+        self._body_remaining = 0
+
+    def _finish_publish(self, body: bytes) -> None:
+        publish, exchange, header = self._publish, self._exchange, self._header
+        self._publish = self._exchange = self._header = None
+        assert publish is not None and exchange is not None and header is not None
+        message = Message(publish.exchange, publish.routing_key, publish.route_raw, header, body)
+        if self.tx_mode:
+            self.tx_publishes.append((exchange, message, publish.mandatory))
+            return
+        self.route(exchange, message, publish.mandatory)
+
+    def route(self, exchange: Exchange, message: Message, mandatory: bool) -> None:
+        """Route a complete message to its queues; return it if mandatory and unroutable."""
+        queues = self.vhost.route(exchange, message)
+        if queues:
+            for queue in queues:
+                queue.enqueue(message)
+        elif mandatory:
+            self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
+        if self.confirm_mode:
+            self.publish_seq += 1
+            self.connection.confirms_ready(self)
+
+    def send_return(self, code: int, text: str, message: Message) -> None:
+        conn = self.connection
+        fastpath.write_delivery(
+            conn.out,
+            self.number,
+            fastpath.return_method(code, text, message.route_raw),
+            message.header,
+            message.body,
+            conn.frame_max,
+        )
+        conn.schedule_flush()
+
+    def pending_confirms(self, out: list) -> None:
+        """Append basic.ack frames for every publish confirmed since the last flush."""
+        seq = self.publish_seq
+        if seq > self.confirmed_seq:
+            multiple = seq - self.confirmed_seq > 1
+            self.confirmed_seq = seq
+            out.append(method_frame(self.number, fastpath.ack_method(seq, multiple)))
+
+    # -- delivering ------------------------------------------------------------------------
+    def can_deliver(self) -> bool:
+        return self.flow_active and not self.closing and self.connection.writable
+
+    @property
+    def unacked_count(self) -> int:
+        return len(self.unacked)
+
+    def deliver(self, consumer: Consumer, entry: Entry) -> None:
+        """Send ``entry`` to ``consumer`` (the queue already removed it from its ready list)."""
+        tag = self.next_delivery_tag
+        self.next_delivery_tag = tag + 1
+        queue = consumer.queue
+        if not consumer.no_ack:
+            self.unacked[tag] = (entry, queue, consumer)
+            self._unacked_order.append(tag)
+            consumer.unacked += 1
+            queue.unacked += 1
+        message = entry.message
+        conn = self.connection
+        fastpath.write_delivery(
+            conn.out,
+            self.number,
+            fastpath.deliver_method(consumer.tag_raw, tag, entry.redelivered, message.route_raw),
+            message.header,
+            message.body,
+            conn.frame_max,
+        )
+        conn.schedule_flush()
+
+    def deliver_get(self, queue: Queue, entry: Entry, no_ack: bool) -> None:
+        """Answer basic.get with ``entry``."""
+        tag = self.next_delivery_tag
+        self.next_delivery_tag = tag + 1
+        if not no_ack:
+            self.unacked[tag] = (entry, queue, None)
+            self._unacked_order.append(tag)
+            queue.unacked += 1
+        message = entry.message
+        conn = self.connection
+        fastpath.write_delivery(
+            conn.out,
+            self.number,
+            fastpath.get_ok_method(tag, entry.redelivered, message.route_raw, queue.message_count),
+            message.header,
+            message.body,
+            conn.frame_max,
+        )
+        conn.schedule_flush()
+
+    # -- acknowledgements ------------------------------------------------------------------
+    def _collect(self, tag: int, multiple: bool) -> list[Delivery]:
+        """Remove and return the deliveries that an ack/nack/reject of ``tag`` settles."""
+        unacked = self.unacked
+        if multiple and tag == 0:
+            settled = list(unacked.values())
+            unacked.clear()
+            self._unacked_order.clear()
+            return settled
+        delivery = unacked.pop(tag, None)
+        if delivery is None:
+            raise errors.PreconditionFailed(f"unknown delivery tag {tag}")
+        order = self._unacked_order
+        if not multiple:
+            while order and order[0] not in unacked:  # drop settled tags from the front
+                order.popleft()
+            return [delivery]
+        settled = []
+        while order and order[0] <= tag:
+            earlier = unacked.pop(order.popleft(), None)
+            if earlier is not None:
+                settled.append(earlier)
+        settled.append(delivery)
+        return settled
+
+    def ack(self, tag: int, multiple: bool) -> None:
+        if self.tx_mode:
+            self._check_tag(tag, multiple)
+            self.tx_settlements.append(("ack", tag, multiple, False))
+            return
+        self._settle(self._collect(tag, multiple), requeue=None)
+
+    def nack(self, tag: int, multiple: bool, requeue: bool) -> None:
+        if self.tx_mode:
+            self._check_tag(tag, multiple)
+            self.tx_settlements.append(("nack", tag, multiple, requeue))
+            return
+        self._settle(self._collect(tag, multiple), requeue=requeue)
+
+    def _check_tag(self, tag: int, multiple: bool) -> None:
+        if not (multiple and tag == 0) and tag not in self.unacked:
+            raise errors.PreconditionFailed(f"unknown delivery tag {tag}")
+
+    def _settle(self, deliveries: list[Delivery], requeue: bool | None) -> None:
+        """Finish deliveries: acked (requeue None), discarded (False) or requeued (True)."""
+        woken: dict[Queue, list[Entry]] = {}
+        for entry, queue, consumer in deliveries:
+            queue.unacked -= 1
+            if consumer is not None:
+                consumer.unacked -= 1
+            entries = woken.get(queue)
+            if entries is None:
+                woken[queue] = entries = []
+            if requeue:
+                entries.append(entry)
+        for queue, entries in woken.items():
+            if queue.deleted:
+                continue
+            if entries:
+                queue.requeue(entries)
+            else:
+                queue.wake()
+        if self.global_prefetch:
+            for consumer in self.consumers.values():
+                consumer.queue.wake()
+
+    def requeue_all(self) -> None:
+        """Requeue every unacknowledged delivery (channel close, basic.recover)."""
+        deliveries = list(self.unacked.values())
+        self.unacked.clear()
+        self._unacked_order.clear()
+        self._settle(deliveries, requeue=True)
+
+    # -- consumers -------------------------------------------------------------------------
+    def cancel_by_server(self, consumer: Consumer) -> None:
+        """The queue went away: drop the consumer and tell the client if it understands."""
+        self.consumers.pop(consumer.tag, None)
+        if self.connection.client_capability("consumer_cancel_notify") and not self.closing:
+            self.connection.send_method(
+                self.number, make(commands.Basic.Cancel, consumer_tag=consumer.tag, nowait=True)
+            )
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        self.consumers.pop(consumer.tag, None)
+        queue = consumer.queue
+        queue.remove_consumer(consumer)
+        if queue.unused_after_consumers and not queue.deleted:
+            self.vhost.delete_queue(queue)
+
+    def wake_queues(self, queues: Iterable[Queue] | None = None) -> None:
+        for queue in queues if queues is not None else {x.queue for x in self.consumers.values()}:
+            queue.wake()
+
+    # -- closing ---------------------------------------------------------------------------
+    def close_with_error(self, error: errors.AMQPError) -> None:
+        """Send channel.close for a channel error; discard everything but close-ok after."""
+        if self.closing:
+            return
+        log.info("channel %d on %s closed: %s", self.number, self.connection.peer, error.reply_text)
+        self.release()
+        self.closing = True
+        self.connection.send_method(
+            self.number,
+            make(
+                commands.Channel.Close,
+                reply_code=error.reply_code,
+                reply_text=error.reply_text,
+                class_id=error.class_id,
+                method_id=error.method_id,
+            ),
+        )
+
+    def release(self) -> None:
+        """Give back everything this channel holds: consumers, unacked messages, content."""
+        for consumer in list(self.consumers.values()):
+            self.remove_consumer(consumer)
+        self.requeue_all()
+        self._reset_content()
+        self.tx_publishes.clear()
+        self.tx_settlements.clear()

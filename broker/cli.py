@@ -1,0 +1,90 @@
+"""Command line: ``leveret serve`` and ``leveret --version`` (also ``python -m broker``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from broker import __version__
+from broker.config import BrokerConfig
+from broker.server import Broker
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
+    parser.add_argument("--version", action="version", version=f"leveret {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the broker")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=5672, help="port to listen on (0: any)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where durable state lives (default: ./data)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="heartbeat interval offered to clients, seconds (0 disables)",
+    )
+    serve.add_argument(
+        "--max-message-size",
+        type=int,
+        default=128 * 1024 * 1024,
+        help="largest accepted message body in bytes",
+    )
+    return parser
+
+
+def install_event_loop_policy() -> str:
+    """Use uvloop when it is installed; returns the loop's name."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def serve(config: BrokerConfig) -> None:
+    broker = Broker(config)
+    await broker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logging.getLogger("broker").info("shutting down")
+    await broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    config = BrokerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        heartbeat=args.heartbeat,
+        max_message_size=args.max_message_size,
+    )
+    loop_name = install_event_loop_policy()
+    logging.getLogger("broker").debug("event loop: %s", loop_name)
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Broker settings, with RabbitMQ's defaults where RabbitMQ has one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class BrokerConfig:
+    """Everything the broker can be told at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 5672
+    data_dir: Path | None = None
+    users: dict[str, str] = field(default_factory=lambda: {"guest": "guest"})
+    vhosts: tuple[str, ...] = ("/",)
+    heartbeat: int = 60  # seconds offered in connection.tune; 0 disables
+    frame_max: int = 131072
+    channel_max: int = 2047
+    max_message_size: int = 128 * 1024 * 1024
+    handshake_timeout: float = 10.0
+    close_timeout: float = 3.0  # how long to wait for close-ok after we sent close
+    cluster_name: str = "leveret@localhost"

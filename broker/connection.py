@@ -1,0 +1,429 @@
+"""One client connection: handshake, frame routing, heartbeats, batched writes, close.
+
+The Connection class also handles the AMQP ``connection`` class and channel.open/close,
+since those drive its own state. Everything else is routed to a ``Channel``.
+Writes go to ``self.out`` and are flushed once per event-loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+
+from broker import __version__, auth
+from broker.channel import Channel
+from protocol import constants as c
+from protocol import errors
+from protocol.framing import HEARTBEAT, FrameReader, method_frame
+from protocol.methods import Method, decode_method, encode_method, make, method_index
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+    from broker.vhost import VirtualHost
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPEN = commands.Channel.Open.index
+_CHANNEL_CLOSE = commands.Channel.Close.index
+_CHANNEL_CLOSE_OK = commands.Channel.CloseOk.index
+_CONNECTION_CLOSE = commands.Connection.Close.index
+_CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
+
+# States of the connection's life.
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+}
+
+
+def server_properties(cluster_name: str) -> dict[str, Any]:
+    return {
+        "product": "Leveret",
+        "version": __version__,
+        "platform": f"Python {platform.python_version()}",
+        "copyright": "Copyright (c) the Leveret authors",
+        "information": "Licensed under the MIT license. A pure-Python AMQP 0-9-1 broker.",
+        "cluster_name": cluster_name,
+        "capabilities": dict(CAPABILITIES),
+    }
+
+
+class Connection(asyncio.Protocol):
+    """The server side of one AMQP connection."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.loop = broker.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.state = AWAIT_HEADER
+        self.reader = FrameReader(frame_max=self.config.frame_max)
+        self._header_buffer = b""
+        self.out: list[bytes] = []
+        self._flush_scheduled = False
+        self._confirm_channels: dict[Channel, None] = {}
+        self.writable = True
+        self.channels: dict[int, Channel] = {}
+        self.vhost: VirtualHost | None = None
+        self.username = ""
+        self.client_properties: dict[str, Any] = {}
+        self.frame_max = self.config.frame_max
+        self.channel_max = self.config.channel_max
+        self.heartbeat = 0
+        self.last_received = time.monotonic()
+        self.last_sent = self.last_received
+        self._timer: asyncio.TimerHandle | None = None
+        self.blocked_reason: str | None = None
+        self.has_published = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.broker.connections.add(self)
+        self._timer = self.loop.call_later(self.config.handshake_timeout, self._handshake_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.broker.connections.discard(self)
+        self._release_all()
+        if exc is not None:
+            log.info("connection %s lost: %s", self.peer, exc)
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        for channel in self.channels.values():
+            channel.wake_queues()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
+        if self.state == AWAIT_HEADER:
+            data = self._read_protocol_header(data)
+            if not data:
+                return
+        try:
+            for frame_type, channel, payload in self.reader.feed(data):
+                if self.state >= CLOSING:
+                    self._frame_while_closing(frame_type, channel, payload)
+                elif channel == 0:
+                    self._connection_frame(frame_type, payload)
+                else:
+                    self._channel_frame(frame_type, channel, payload)
+        except errors.AMQPError as error:
+            self.close_with_error(error)
+        except Exception as error:  # a bug must cost this connection only
+            log.exception("internal error on connection %s", self.peer)
+            self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    # -- writing ---------------------------------------------------------------------------
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._confirm_channels:
+            channels, self._confirm_channels = self._confirm_channels, {}
+            for channel in channels:
+                channel.pending_confirms(self.out)
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            data = b"".join(self.out)
+            self.out.clear()
+            self.transport.write(data)
+            self.last_sent = time.monotonic()
+        else:
+            self.out.clear()
+
+    def send_method(self, channel: int, method: Method) -> None:
+        self.out.append(method_frame(channel, encode_method(method)))
+        self.schedule_flush()
+
+    def confirms_ready(self, channel: Channel) -> None:
+        self._confirm_channels[channel] = None
+        self.schedule_flush()
+
+    def client_capability(self, name: str) -> bool:
+        caps = self.client_properties.get("capabilities")
+        return isinstance(caps, dict) and bool(caps.get(name))
+
+    # -- handshake -------------------------------------------------------------------------
+    def _read_protocol_header(self, data: bytes) -> bytes:
+        buffered = self._header_buffer + data
+        if len(buffered) < 8 and c.PROTOCOL_HEADER.startswith(buffered):
+            self._header_buffer = buffered
+            return b""
+        header, rest = buffered[:8], buffered[8:]
+        self._header_buffer = b""
+        if header != c.PROTOCOL_HEADER:
+            log.info("connection %s sent a bad protocol header %r", self.peer, header)
+            self._write_now(c.PROTOCOL_HEADER)
+            self._close_transport()
+            return b""
+        self.state = AWAIT_START_OK
+        self.send_method(
+            0,
+            commands.Connection.Start(
+                version_major=0,
+                version_minor=9,
+                server_properties=server_properties(self.config.cluster_name),
+                mechanisms=" ".join(auth.MECHANISMS),
+                locales="en_US",
+            ),
+        )
+        return rest
+
+    def _connection_frame(self, frame_type: int, payload: bytes) -> None:
+        if frame_type == c.FRAME_HEARTBEAT:
+            return
+        if frame_type != c.FRAME_METHOD:
+            raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+        method = decode_method(payload)
+        index = method.index
+        state = self.state
+        if index == _CONNECTION_CLOSE:
+            self._client_close()
+        elif index == _CONNECTION_CLOSE_OK:
+            self._close_transport()
+        elif state == AWAIT_START_OK and isinstance(method, commands.Connection.StartOk):
+            self._start_ok(method)
+        elif state == AWAIT_TUNE_OK and isinstance(method, commands.Connection.TuneOk):
+            self._tune_ok(method)
+        elif state == AWAIT_OPEN and isinstance(method, commands.Connection.Open):
+            self._open(method)
+        else:
+            raise errors.CommandInvalid(f"unexpected method {method.name} in this state")
+
+    def _start_ok(self, method: commands.Connection.StartOk) -> None:
+        self.client_properties = method.client_properties or {}
+        mechanism = method.mechanism
+        if mechanism not in auth.MECHANISMS:
+            raise errors.CommandInvalid(f"unknown authentication mechanism '{mechanism}'")
+        credentials = auth.parse_response(mechanism, method.response)
+        if credentials is None or not auth.check(self.config.users, *credentials):
+            user = credentials[0] if credentials else "?"
+            log.warning(
+                "connection %s: login refused for user '%s' (%s)", self.peer, user, mechanism
+            )
+            if self.client_capability("authentication_failure_close"):
+                raise errors.ConnectionAccessRefused(
+                    f"Login was refused using authentication mechanism {mechanism}. "
+                    "For details see the broker logfile."
+                )
+            self._close_transport()
+            return
+        self.username = credentials[0]
+        self.state = AWAIT_TUNE_OK
+        self.send_method(
+            0,
+            commands.Connection.Tune(
+                channel_max=self.config.channel_max,
+                frame_max=self.config.frame_max,
+                heartbeat=self.config.heartbeat,
+            ),
+        )
+
+    def _tune_ok(self, method: commands.Connection.TuneOk) -> None:
+        server_frame_max = self.config.frame_max
+        frame_max = method.frame_max or server_frame_max
+        if frame_max < c.FRAME_MIN_SIZE:
+            raise errors.NotAllowed(f"frame_max={frame_max} < {c.FRAME_MIN_SIZE} min size")
+        if frame_max > server_frame_max:
+            raise errors.NotAllowed(f"frame_max={frame_max} > {server_frame_max} max size")
+        channel_max = method.channel_max or self.config.channel_max
+        if channel_max > self.config.channel_max:
+            raise errors.NotAllowed(f"channel_max={channel_max} > {self.config.channel_max} max")
+        self.frame_max = frame_max
+        self.reader.frame_max = frame_max
+        self.channel_max = channel_max
+        self.heartbeat = method.heartbeat
+        self.state = AWAIT_OPEN
+
+    def _open(self, method: commands.Connection.Open) -> None:
+        vhost = self.broker.vhosts.get(method.virtual_host)
+        if vhost is None:
+            raise errors.NotAllowed(f"vhost {method.virtual_host} not found")
+        self.vhost = vhost
+        self.state = OPEN
+        self.send_method(0, make(commands.Connection.OpenOk, known_hosts=""))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.heartbeat:
+            self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+        if self.broker.blocked_reason is not None:
+            self.block(self.broker.blocked_reason)
+        log.debug("connection %s opened vhost %s as %s", self.peer, vhost.name, self.username)
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.state < OPEN:
+            log.info("connection %s: handshake timed out", self.peer)
+            self._close_transport()
+
+    # -- heartbeats ------------------------------------------------------------------------
+    def _heartbeat_tick(self) -> None:
+        self._timer = None
+        if self.state >= CLOSED or self.transport is None:
+            return
+        now = time.monotonic()
+        if now - self.last_received > 2 * self.heartbeat:
+            log.warning(
+                "connection %s: missed heartbeats from client, timeout: %ds",
+                self.peer,
+                self.heartbeat,
+            )
+            self.transport.abort()
+            return
+        if now - self.last_sent >= self.heartbeat / 2:
+            self.out.append(HEARTBEAT)
+            self.schedule_flush()
+        self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
+
+    # -- channels --------------------------------------------------------------------------
+    def _channel_frame(self, frame_type: int, number: int, payload: bytes) -> None:
+        if self.state != OPEN:
+            raise errors.ChannelErrorHard(f"unexpected frame on channel {number} before open")
+        channel = self.channels.get(number)
+        if channel is None:
+            if frame_type == c.FRAME_METHOD and method_index(payload) == _CHANNEL_OPEN:
+                if number > self.channel_max:
+                    raise errors.ChannelErrorHard(f"channel number {number} out of range")
+                self.channels[number] = Channel(self, number)
+                self.send_method(number, make(commands.Channel.OpenOk, channel_id=""))
+                return
+            raise errors.ChannelErrorHard("expected 'channel.open'")
+        if frame_type == c.FRAME_METHOD:
+            index = method_index(payload)
+            if channel.closing:  # we sent channel.close: only close/close-ok count now
+                if index in (_CHANNEL_CLOSE_OK, _CHANNEL_CLOSE):
+                    if index == _CHANNEL_CLOSE:
+                        self.send_method(number, commands.Channel.CloseOk())
+                    del self.channels[number]
+                return
+            if index == _CHANNEL_CLOSE:
+                channel.release()
+                del self.channels[number]
+                self.send_method(number, commands.Channel.CloseOk())
+                return
+            if index == _CHANNEL_OPEN:
+                raise errors.ChannelErrorHard("second 'channel.open' seen")
+            if index == _CHANNEL_CLOSE_OK:
+                return  # stray close-ok: nothing to finish
+        elif channel.closing:
+            return
+        channel.handle_frame(frame_type, payload)
+
+    # -- closing ---------------------------------------------------------------------------
+    def _frame_while_closing(self, frame_type: int, channel: int, payload: bytes) -> None:
+        if channel != 0 or frame_type != c.FRAME_METHOD:
+            return
+        index = method_index(payload)
+        if index == _CONNECTION_CLOSE_OK:
+            self._close_transport()
+        elif index == _CONNECTION_CLOSE:
+            self.out.append(method_frame(0, encode_method(commands.Connection.CloseOk())))
+            self._close_transport()
+
+    def _client_close(self) -> None:
+        self._release_all()
+        self.state = CLOSING
+        self.send_method(0, commands.Connection.CloseOk())
+        self._close_transport()
+
+    def close_with_error(self, error: errors.AMQPError) -> None:
+        """Send connection.close for ``error`` and wait (bounded) for close-ok."""
+        if self.state >= CLOSING:
+            return
+        log.info("closing connection %s: %s", self.peer, error.reply_text)
+        self.close(error.reply_code, error.reply_text, error.class_id, error.method_id)
+
+    def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Start a server-initiated close: release channels, send close, await close-ok."""
+        if self.state >= CLOSING:
+            return
+        self._release_all()
+        self.state = CLOSING
+        self.out.clear()
+        self._confirm_channels.clear()
+        self.send_method(
+            0,
+            make(
+                commands.Connection.Close,
+                reply_code=code,
+                reply_text=text,
+                class_id=class_id,
+                method_id=method_id,
+            ),
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.config.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _write_now(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close_transport(self) -> None:
+        """Flush what is queued, then close the socket."""
+        self._flush()
+        self.state = max(self.state, CLOSING)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _release_all(self) -> None:
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for channel in channels:
+            channel.release()
+        if self.vhost is not None:
+            self.vhost.connection_closed(self)
+
+    # -- flow control ----------------------------------------------------------------------
+    def block(self, reason: str) -> None:
+        """connection.blocked: tell the client (if it understands) and stop reading publishes."""
+        if self.blocked_reason is not None:
+            return
+        self.blocked_reason = reason
+        if self.client_capability("connection.blocked"):
+            self.send_method(0, make(commands.Connection.Blocked, reason=reason))
+        if self.has_published and self.transport is not None:
+            self.transport.pause_reading()
+
+    def unblock(self) -> None:
+        if self.blocked_reason is None:
+            return
+        self.blocked_reason = None
+        if self.client_capability("connection.blocked"):
+            self.send_method(0, commands.Connection.Unblocked())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()

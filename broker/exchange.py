@@ -1,0 +1,36 @@
+"""Exchanges: a name, a type's routing table and the flags RabbitMQ compares on redeclare."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.routing import TABLES, RoutingTable
+
+BUILTIN_TYPES = frozenset(TABLES)
+
+
+class Exchange:
+    """A named router of messages to queues and other exchanges."""
+
+    def __init__(
+        self,
+        name: str,
+        type_: str,
+        *,
+        durable: bool = True,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.type = type_
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments or {}
+        self.table: RoutingTable = TABLES[type_]()
+        self.exchange_destinations = 0  # bindings whose destination is an exchange
+        self.bound_as_destination: set[tuple[Exchange, str, Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.name!r} {self.type}>"

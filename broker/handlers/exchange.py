@@ -1,0 +1,56 @@
+"""Exchange class: declare, delete, bind, unbind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pamqp import commands
+
+if TYPE_CHECKING:
+    from broker.channel import Channel
+
+
+def declare(ch: Channel, m: commands.Exchange.Declare) -> None:
+    ch.vhost.declare_exchange(
+        m.exchange,
+        m.exchange_type,
+        passive=m.passive,
+        durable=m.durable,
+        auto_delete=m.auto_delete,
+        internal=m.internal,
+        arguments=m.arguments or {},
+    )
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Exchange.DeclareOk())
+
+
+def delete(ch: Channel, m: commands.Exchange.Delete) -> None:
+    ch.vhost.delete_exchange(m.exchange, m.if_unused)
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Exchange.DeleteOk())
+
+
+def bind(ch: Channel, m: commands.Exchange.Bind) -> None:
+    vhost = ch.vhost
+    destination = vhost.get_exchange(m.destination)
+    source = vhost.get_exchange(m.source)
+    vhost.bind(source, destination, m.routing_key, m.arguments or {})
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Exchange.BindOk())
+
+
+def unbind(ch: Channel, m: commands.Exchange.Unbind) -> None:
+    vhost = ch.vhost
+    destination = vhost.get_exchange(m.destination)
+    source = vhost.get_exchange(m.source)
+    vhost.unbind(source, destination, m.routing_key, m.arguments or {})
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Exchange.UnbindOk())
+
+
+HANDLERS = {
+    commands.Exchange.Declare: declare,
+    commands.Exchange.Delete: delete,
+    commands.Exchange.Bind: bind,
+    commands.Exchange.Unbind: unbind,
+}

@@ -1,0 +1,97 @@
+"""Queue class: declare, bind, unbind, purge, delete."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pamqp import commands
+
+from protocol import errors
+from protocol.methods import make
+
+if TYPE_CHECKING:
+    from broker.channel import Channel
+    from broker.queue import Queue
+
+
+def _queue_name(ch: Channel, name: str) -> str:
+    """An empty queue name means the channel's last declared queue, as in RabbitMQ."""
+    if name:
+        return name
+    if ch.last_queue is None:
+        raise errors.NotFound("no previously declared queue")
+    return ch.last_queue
+
+
+def declare(ch: Channel, m: commands.Queue.Declare) -> None:
+    queue = ch.vhost.declare_queue(
+        m.queue,
+        ch.connection,
+        passive=m.passive,
+        durable=m.durable,
+        exclusive=m.exclusive,
+        auto_delete=m.auto_delete,
+        arguments=m.arguments or {},
+    )
+    ch.last_queue = queue.name
+    if not m.nowait:
+        ch.connection.send_method(
+            ch.number,
+            make(
+                commands.Queue.DeclareOk,
+                queue=queue.name,
+                message_count=queue.message_count,
+                consumer_count=len(queue.consumers),
+            ),
+        )
+
+
+def bind(ch: Channel, m: commands.Queue.Bind) -> None:
+    vhost = ch.vhost
+    queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    source = vhost.get_exchange(m.exchange)
+    vhost.bind(source, queue, m.routing_key, m.arguments or {})
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Queue.BindOk())
+
+
+def unbind(ch: Channel, m: commands.Queue.Unbind) -> None:
+    vhost = ch.vhost
+    queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    source = vhost.get_exchange(m.exchange)
+    vhost.unbind(source, queue, m.routing_key, m.arguments or {})
+    ch.connection.send_method(ch.number, commands.Queue.UnbindOk())
+
+
+def purge(ch: Channel, m: commands.Queue.Purge) -> None:
+    queue = ch.vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    count = queue.purge()
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Queue.PurgeOk(message_count=count))
+
+
+def delete(ch: Channel, m: commands.Queue.Delete) -> None:
+    vhost = ch.vhost
+    name = _queue_name(ch, m.queue)
+    queue: Queue | None = vhost.queues.get(name)
+    if queue is None:
+        count = 0  # RabbitMQ 3.x answers delete-ok with 0 for a missing queue
+    else:
+        vhost.check_exclusive(queue, ch.connection)
+        where = f"queue '{name}' in vhost '{vhost.name}'"
+        if m.if_unused and queue.consumers:
+            raise errors.PreconditionFailed(f"{where} in use")
+        if m.if_empty and queue.message_count:
+            raise errors.PreconditionFailed(f"{where} not empty")
+        count = vhost.delete_queue(queue)
+    if not m.nowait:
+        ch.connection.send_method(ch.number, commands.Queue.DeleteOk(message_count=count))
+
+
+HANDLERS = {
+    commands.Queue.Declare: declare,
+    commands.Queue.Bind: bind,
+    commands.Queue.Unbind: unbind,
+    commands.Queue.Purge: purge,
+    commands.Queue.Delete: delete,
+}

@@ -1,0 +1,56 @@
+"""Tx class: select, commit, rollback. Publishes and acks are held until commit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pamqp import commands
+
+from protocol import errors
+
+if TYPE_CHECKING:
+    from broker.channel import Channel
+
+
+def select(ch: Channel, m: commands.Tx.Select) -> None:
+    if ch.confirm_mode:
+        raise errors.PreconditionFailed("cannot switch from confirm to tx mode")
+    ch.tx_mode = True
+    ch.connection.send_method(ch.number, commands.Tx.SelectOk())
+
+
+def _require_tx(ch: Channel) -> None:
+    if not ch.tx_mode:
+        raise errors.PreconditionFailed("channel is not transactional")
+
+
+def commit(ch: Channel, m: commands.Tx.Commit) -> None:
+    _require_tx(ch)
+    publishes, ch.tx_publishes = ch.tx_publishes, []
+    settlements, ch.tx_settlements = ch.tx_settlements, []
+    for exchange, message, mandatory in publishes:
+        ch.route(exchange, message, mandatory)
+    ch.tx_mode = False  # settle for real, then return to transactional mode
+    try:
+        for kind, tag, multiple, requeue in settlements:
+            if kind == "ack":
+                ch.ack(tag, multiple)
+            else:
+                ch.nack(tag, multiple, requeue)
+    finally:
+        ch.tx_mode = True
+    ch.connection.send_method(ch.number, commands.Tx.CommitOk())
+
+
+def rollback(ch: Channel, m: commands.Tx.Rollback) -> None:
+    _require_tx(ch)
+    ch.tx_publishes.clear()
+    ch.tx_settlements.clear()
+    ch.connection.send_method(ch.number, commands.Tx.RollbackOk())
+
+
+HANDLERS = {
+    commands.Tx.Select: select,
+    commands.Tx.Commit: commit,
+    commands.Tx.Rollback: rollback,
+}

@@ -1,0 +1,294 @@
+"""A virtual host: its exchanges, queues and bindings, and the rules for changing them.
+
+Errors carry RabbitMQ's reply codes and texts, so handlers only translate methods into
+calls here and replies back.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from broker.arguments import check_equivalent_arguments, validate_queue_arguments
+from broker.exchange import BUILTIN_TYPES, Exchange
+from broker.queue import Queue
+from broker.routing import freeze
+from protocol import errors
+
+if TYPE_CHECKING:
+    from broker.connection import Connection
+    from broker.dispatcher import Dispatcher
+    from broker.message import Message
+
+PREDECLARED = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class VirtualHost:
+    """Exchanges, queues and bindings of one vhost."""
+
+    def __init__(self, name: str, dispatcher: Dispatcher) -> None:
+        self.name = name
+        self.dispatcher = dispatcher
+        self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct")}
+        for ex_name, ex_type in PREDECLARED:
+            self.exchanges[ex_name] = Exchange(ex_name, ex_type)
+        self.queues: dict[str, Queue] = {}
+        self.on_queue_deleted: list[Callable[[Queue], None]] = []
+
+    # -- naming helpers --------------------------------------------------------------------
+    def _in(self) -> str:
+        return f"in vhost '{self.name}'"
+
+    def no_exchange(self, name: str) -> errors.AMQPError:
+        return errors.NotFound(f"no exchange '{name}' {self._in()}")
+
+    def no_queue(self, name: str) -> errors.AMQPError:
+        return errors.NotFound(f"no queue '{name}' {self._in()}")
+
+    # -- exchanges -------------------------------------------------------------------------
+    def get_exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise self.no_exchange(name)
+        return exchange
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_: str,
+        *,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> Exchange:
+        if name == "":
+            raise errors.AccessRefused("operation not permitted on the default exchange")
+        if passive:
+            return self.get_exchange(name)
+        if name.startswith("amq."):
+            raise errors.AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        if type_ not in BUILTIN_TYPES:
+            raise errors.CommandInvalid(f"unknown exchange type '{type_}'")
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            self._check_equivalent_exchange(existing, type_, durable, auto_delete, internal)
+            return existing
+        exchange = Exchange(
+            name,
+            type_,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
+        self.exchanges[name] = exchange
+        return exchange
+
+    def _check_equivalent_exchange(
+        self, ex: Exchange, type_: str, durable: bool, auto_delete: bool, internal: bool
+    ) -> None:
+        where = f"for exchange '{ex.name}' {self._in()}"
+        if ex.type != type_:
+            raise errors.PreconditionFailed(
+                f"inequivalent arg 'type' {where}: received '{type_}' but current is '{ex.type}'"
+            )
+        for arg, received, current in (
+            ("durable", durable, ex.durable),
+            ("auto_delete", auto_delete, ex.auto_delete),
+            ("internal", internal, ex.internal),
+        ):
+            if received != current:
+                raise errors.PreconditionFailed(
+                    f"inequivalent arg '{arg}' {where}: received '{_flag(received)}' "
+                    f"but current is '{_flag(current)}'"
+                )
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        if name == "" or name.startswith("amq."):
+            raise errors.AccessRefused(
+                "operation not permitted on the default exchange"
+                if name == ""
+                else f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # RabbitMQ 3.x answers delete-ok for a missing exchange
+        if if_unused and len(exchange.table):
+            raise errors.PreconditionFailed(f"exchange '{name}' {self._in()} in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        self.exchanges.pop(exchange.name, None)
+        for ident, args in list(exchange.table.bindings.items()):
+            self._unlink(exchange, ident[0], ident[1], args)
+        for source, key, frozen_args in list(exchange.bound_as_destination):
+            args = source.table.bindings.get((exchange, key, frozen_args), {})
+            self.unbind(source, exchange, key, args)
+
+    # -- queues ----------------------------------------------------------------------------
+    def get_queue(self, name: str, connection: Connection | None) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise self.no_queue(name)
+        self.check_exclusive(queue, connection)
+        return queue
+
+    def check_exclusive(self, queue: Queue, connection: Connection | None) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not connection:
+            raise errors.ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{queue.name}' {self._in()}. "
+                "It could be originally declared on another connection or the exclusive "
+                "property value does not match that of the original declaration."
+            )
+
+    def declare_queue(
+        self,
+        name: str,
+        connection: Connection,
+        *,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> Queue:
+        if passive:
+            if not name:
+                raise errors.NotFound(f"no queue '' {self._in()}")
+            return self.get_queue(name, connection)
+        if not name:
+            name = "amq.gen-" + secrets.token_urlsafe(16)
+        elif name.startswith("amq."):
+            raise errors.AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        validate_queue_arguments(name, self.name, arguments)
+        existing = self.queues.get(name)
+        if existing is not None:
+            self.check_exclusive(existing, connection)
+            self._check_equivalent_queue(existing, durable, exclusive, auto_delete, arguments)
+            check_equivalent_arguments(name, self.name, existing.arguments, arguments)
+            return existing
+        queue = Queue(
+            name,
+            self.dispatcher,
+            durable=durable,
+            exclusive_owner=connection if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        self.queues[name] = queue
+        return queue
+
+    def _check_equivalent_queue(
+        self, q: Queue, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any]
+    ) -> None:
+        where = f"for queue '{q.name}' {self._in()}"
+        for arg, received, current in (
+            ("durable", durable, q.durable),
+            ("exclusive", exclusive, q.exclusive_owner is not None),
+            ("auto_delete", auto_delete, q.auto_delete),
+        ):
+            if received != current:
+                raise errors.PreconditionFailed(
+                    f"inequivalent arg '{arg}' {where}: received '{_flag(received)}' "
+                    f"but current is '{_flag(current)}'"
+                )
+
+    def delete_queue(self, queue: Queue) -> int:
+        """Remove ``queue``, its bindings and consumers; returns its ready message count."""
+        if queue.deleted:
+            return 0
+        queue.deleted = True
+        count = queue.message_count
+        self.queues.pop(queue.name, None)
+        for source, key, frozen_args in list(queue.bindings):
+            args = source.table.bindings.get((queue, key, frozen_args), {})
+            self.unbind(source, queue, key, args)
+        for consumer in list(queue.consumers):
+            consumer.channel.cancel_by_server(consumer)
+        queue.consumers.clear()
+        queue.ready.clear()
+        for hook in self.on_queue_deleted:
+            hook(queue)
+        return count
+
+    def connection_closed(self, connection: Connection) -> None:
+        """Exclusive queues go with the connection that owns them."""
+        for queue in [q for q in self.queues.values() if q.exclusive_owner is connection]:
+            self.delete_queue(queue)
+
+    # -- bindings --------------------------------------------------------------------------
+    def bind(
+        self, source: Exchange, dest: Queue | Exchange, key: str, arguments: dict[str, Any]
+    ) -> None:
+        if source.name == "":
+            raise errors.AccessRefused("operation not permitted on the default exchange")
+        if not source.table.add(dest, key, arguments):
+            return
+        link = (source, key, freeze(arguments))
+        if isinstance(dest, Exchange):
+            source.exchange_destinations += 1
+            dest.bound_as_destination.add(link)
+        else:
+            dest.bindings.add(link)
+
+    def unbind(
+        self, source: Exchange, dest: Queue | Exchange, key: str, arguments: dict[str, Any]
+    ) -> bool:
+        if source.name == "":
+            raise errors.AccessRefused("operation not permitted on the default exchange")
+        removed = self._unlink(source, dest, key, arguments)
+        if removed and source.auto_delete and not len(source.table):
+            self._remove_exchange(source)
+        return removed
+
+    def _unlink(self, source: Exchange, dest: Any, key: str, arguments: dict[str, Any]) -> bool:
+        if not source.table.remove(dest, key, arguments):
+            return False
+        link = (source, key, freeze(arguments))
+        if isinstance(dest, Exchange):
+            source.exchange_destinations -= 1
+            dest.bound_as_destination.discard(link)
+        else:
+            dest.bindings.discard(link)
+        return True
+
+    # -- routing ---------------------------------------------------------------------------
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """Every queue ``message`` reaches from ``exchange``, each once, cycles included."""
+        key = message.routing_key
+        if exchange.name == "":
+            queue = self.queues.get(key)
+            return [queue] if queue is not None else []
+        headers = _headers_of(message)
+        dests = exchange.table.route(key, headers)
+        if not exchange.exchange_destinations:
+            return list(dests)
+        queues: dict[Queue, None] = {}
+        visited = {exchange}
+        pending = [dests]
+        while pending:
+            for dest in pending.pop():
+                if isinstance(dest, Exchange):
+                    if dest not in visited:
+                        visited.add(dest)
+                        pending.append(dest.table.route(key, headers))
+                else:
+                    queues[dest] = None
+        return list(queues)
+
+
+def _headers_of(message: Message) -> Callable[[], dict[str, Any]]:
+    return lambda: message.headers

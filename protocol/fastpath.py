@@ -1,0 +1,153 @@
+"""Struct-based codecs for the frames sent once per message.
+
+pamqp's generic codec costs tens of microseconds per message; these functions do the same
+work in about one. They are property-tested to be byte-identical to pamqp's encoding and to
+decode what pamqp decodes (tests/test_fastpath.py). Names travel as raw ``shortstr`` bytes
+(length byte included) so that the exchange and routing key of a publish are copied into
+deliveries without being decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from protocol import constants as c
+from protocol.errors import SyntaxError_
+from protocol.framing import append_content
+
+_HDR = struct.Struct(">BHI")
+_Q = struct.Struct(">Q")
+_QB = struct.Struct(">QB")
+_H = struct.Struct(">H")
+_L = struct.Struct(">L")
+_CONTENT_HEADER = struct.Struct(">HHQ")
+
+_DELIVER_ID = _L.pack(c.BASIC_DELIVER)
+_GET_OK_ID = _L.pack(c.BASIC_GET_OK)
+_RETURN_ID = _L.pack(c.BASIC_RETURN)
+_ACK_ID = _L.pack(c.BASIC_ACK)
+_NACK_ID = _L.pack(c.BASIC_NACK)
+_END = c.FRAME_END_BYTE
+_pack_hdr = _HDR.pack
+
+
+class Publish:
+    """A decoded basic.publish: names as text, plus the raw ``exchange + routing_key`` bytes."""
+
+    __slots__ = ("exchange", "immediate", "mandatory", "route_raw", "routing_key")
+
+    def __init__(
+        self, exchange: str, routing_key: str, mandatory: bool, immediate: bool, route_raw: bytes
+    ) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.route_raw = route_raw
+
+
+def decode_publish(payload: bytes) -> Publish:
+    """Decode a basic.publish method payload (index included)."""
+    try:
+        ex_len = payload[6]
+        rk_at = 7 + ex_len
+        rk_len = payload[rk_at]
+        end = rk_at + 1 + rk_len
+        bits = payload[end]
+        exchange = payload[7:rk_at].decode("utf-8")
+        routing_key = payload[rk_at + 1 : end].decode("utf-8")
+    except (IndexError, UnicodeDecodeError) as error:
+        raise SyntaxError_("malformed basic.publish", class_id=60, method_id=40) from error
+    return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[6:end])
+
+
+def decode_ack(payload: bytes) -> tuple[int, bool]:
+    """(delivery_tag, multiple) of a basic.ack payload."""
+    try:
+        tag, bits = _QB.unpack_from(payload, 4)
+    except struct.error as error:
+        raise SyntaxError_("malformed basic.ack", class_id=60, method_id=80) from error
+    return tag, bool(bits & 1)
+
+
+def decode_nack(payload: bytes) -> tuple[int, bool, bool]:
+    """(delivery_tag, multiple, requeue) of a basic.nack payload."""
+    try:
+        tag, bits = _QB.unpack_from(payload, 4)
+    except struct.error as error:
+        raise SyntaxError_("malformed basic.nack", class_id=60, method_id=120) from error
+    return tag, bool(bits & 1), bool(bits & 2)
+
+
+def decode_reject(payload: bytes) -> tuple[int, bool]:
+    """(delivery_tag, requeue) of a basic.reject payload."""
+    try:
+        tag, bits = _QB.unpack_from(payload, 4)
+    except struct.error as error:
+        raise SyntaxError_("malformed basic.reject", class_id=60, method_id=90) from error
+    return tag, bool(bits & 1)
+
+
+def shortstr(value: str) -> bytes:
+    """Encode text as a shortstr (length byte + UTF-8)."""
+    raw = value.encode("utf-8")
+    return bytes((len(raw),)) + raw
+
+
+def route_raw(exchange: str, routing_key: str) -> bytes:
+    """The raw ``exchange + routing_key`` shortstr pair as it sits in deliver/get-ok/return."""
+    return shortstr(exchange) + shortstr(routing_key)
+
+
+def deliver_method(ctag_raw: bytes, delivery_tag: int, redelivered: bool, route: bytes) -> bytes:
+    """Payload of basic.deliver; ``ctag_raw`` and ``route`` are raw shortstr bytes."""
+    return b"".join((_DELIVER_ID, ctag_raw, _QB.pack(delivery_tag, 1 if redelivered else 0), route))
+
+
+def get_ok_method(delivery_tag: int, redelivered: bool, route: bytes, message_count: int) -> bytes:
+    """Payload of basic.get-ok."""
+    return b"".join(
+        (_GET_OK_ID, _QB.pack(delivery_tag, 1 if redelivered else 0), route, _L.pack(message_count))
+    )
+
+
+def return_method(reply_code: int, reply_text: str, route: bytes) -> bytes:
+    """Payload of basic.return."""
+    return b"".join((_RETURN_ID, _H.pack(reply_code), shortstr(reply_text), route))
+
+
+def ack_method(delivery_tag: int, multiple: bool) -> bytes:
+    """Payload of basic.ack (publisher confirms)."""
+    return _ACK_ID + _QB.pack(delivery_tag, 1 if multiple else 0)
+
+
+def nack_method(delivery_tag: int, multiple: bool) -> bytes:
+    """Payload of basic.nack (publisher confirms); requeue is always false from a server."""
+    return _NACK_ID + _QB.pack(delivery_tag, 1 if multiple else 0)
+
+
+def content_body_size(header_payload: bytes) -> int:
+    """body_size of a content header payload; raises SyntaxError_ when it is malformed."""
+    try:
+        _class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(header_payload)
+    except struct.error as error:
+        raise SyntaxError_("malformed content header") from error
+    return body_size
+
+
+def content_class(header_payload: bytes) -> int:
+    """class_id of a content header payload (must be basic, 60)."""
+    return _H.unpack_from(header_payload)[0]
+
+
+def write_delivery(
+    out: list,
+    channel: int,
+    method_payload: bytes,
+    header_payload: bytes,
+    body: bytes,
+    frame_max: int,
+) -> None:
+    """Append the method, content header and body frames of one delivery to ``out``."""
+    out += (_pack_hdr(c.FRAME_METHOD, channel, len(method_payload)), method_payload, _END)
+    append_content(out, channel, header_payload, body, frame_max)

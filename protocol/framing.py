@@ -1,0 +1,98 @@
+"""Incremental frame reader and frame writers.
+
+``FrameReader`` takes bytes as they arrive and yields complete frames; a partial frame stays
+in its buffer for the next call. The buffer is compacted once per ``feed`` call, never per frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from protocol import constants as c
+from protocol.errors import FrameError
+
+_FRAME_HEADER = struct.Struct(">BHI")
+_pack_header = _FRAME_HEADER.pack
+_unpack_header = _FRAME_HEADER.unpack_from
+_VALID_TYPES = frozenset({c.FRAME_METHOD, c.FRAME_HEADER, c.FRAME_BODY, c.FRAME_HEARTBEAT})
+
+Frame = tuple[int, int, bytes]
+"""(frame type, channel number, payload)."""
+
+
+class FrameReader:
+    """Splits a byte stream into AMQP frames.
+
+    ``frame_max`` is the largest frame (header and end byte included) the peer may send;
+    a bigger frame, an unknown frame type or a missing end byte raises ``FrameError``.
+    """
+
+    __slots__ = ("_buffer", "frame_max")
+
+    def __init__(self, frame_max: int = c.FRAME_MIN_SIZE) -> None:
+        self._buffer = bytearray()
+        self.frame_max = frame_max
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet make a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        """Add ``data`` and yield each complete frame now available, in order."""
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        end = len(buffer)
+        try:
+            while end - offset >= c.FRAME_OVERHEAD:
+                frame_type, channel, size = _unpack_header(buffer, offset)
+                if frame_type not in _VALID_TYPES:
+                    raise FrameError(f"type {frame_type}, unknown frame type")
+                if size + c.FRAME_OVERHEAD > self.frame_max:
+                    raise FrameError(
+                        f"type {frame_type}, frame size {size + c.FRAME_OVERHEAD} "
+                        f"exceeds frame_max {self.frame_max}"
+                    )
+                frame_end = offset + c.FRAME_HEADER_SIZE + size
+                if frame_end >= end:
+                    break
+                if buffer[frame_end] != c.FRAME_END:
+                    raise FrameError(f"type {frame_type}, invalid frame end byte")
+                payload = bytes(buffer[offset + c.FRAME_HEADER_SIZE : frame_end])
+                offset = frame_end + 1
+                yield frame_type, channel, payload
+        finally:
+            if offset:
+                del buffer[:offset]
+
+
+def method_frame(channel: int, payload: bytes) -> bytes:
+    """A method frame around an encoded method (4-byte method index included)."""
+    return _pack_header(c.FRAME_METHOD, channel, len(payload)) + payload + c.FRAME_END_BYTE
+
+
+HEARTBEAT = _pack_header(c.FRAME_HEARTBEAT, 0, 0) + c.FRAME_END_BYTE
+
+
+def append_content(
+    out: list, channel: int, header_payload: bytes, body: bytes, frame_max: int
+) -> None:
+    """Append a content header frame and as many body frames as ``frame_max`` requires."""
+    out += (
+        _pack_header(c.FRAME_HEADER, channel, len(header_payload)),
+        header_payload,
+        c.FRAME_END_BYTE,
+    )
+    size = len(body)
+    if not size:
+        return
+    chunk = frame_max - c.FRAME_OVERHEAD
+    if size <= chunk:
+        out += (_pack_header(c.FRAME_BODY, channel, size), body, c.FRAME_END_BYTE)
+        return
+    view = memoryview(body)
+    for start in range(0, size, chunk):
+        piece = view[start : start + chunk]
+        out += (_pack_header(c.FRAME_BODY, channel, len(piece)), piece, c.FRAME_END_BYTE)
