@@ -46,7 +46,7 @@ class FrameReader:
         offset = 0
         end = len(buffer)
         try:
-            while end - offset >= c.FRAME_OVERHEAD:
+            while end - offset >= c.FRAME_HEADER_SIZE:
                 frame_type, channel, size = _unpack_header(buffer, offset)
                 if frame_type not in _VALID_TYPES:
                     raise FrameError(f"type {frame_type}, unknown frame type")
