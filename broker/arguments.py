@@ -1,18 +1,19 @@
-"""Validation of queue.declare arguments, as RabbitMQ validates them."""
+"""Validation and equivalence of declare arguments, with RabbitMQ's reply texts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from protocol import errors
 
 
-def _type_name(value: Any) -> str:
-    """RabbitMQ's name for the AMQP type a Python value was decoded from."""
+def type_name(value: Any) -> str:
+    """RabbitMQ's name for the AMQP type a client most likely sent ``value`` as."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "long"
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
     if isinstance(value, float):
         return "double"
     if isinstance(value, str | bytes):
@@ -26,79 +27,92 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _non_negative_int(value: Any) -> str | None:
+def show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class WrongType(Exception):
+    """An argument of the wrong AMQP type, reported in RabbitMQ's 'invalid type' form."""
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def _integer(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"{{unacceptable_type,{_type_name(value)}}}"
-    if value < 0:
-        return f"{{value_negative,{value}}}"
+        return f'"expected integer, got {type_name(value)}"'
     return None
 
 
-def _positive_int(value: Any) -> str | None:
-    problem = _non_negative_int(value)
+def _non_negative(value: Any) -> str | None:
+    problem = _integer(value)
+    if problem is None and value < 0:
+        return f"{{value_negative,{value}}}"
+    return problem
+
+
+def _positive(value: Any) -> str | None:
+    problem = _non_negative(value)
     if problem is None and value == 0:
-        return f"{{value_zero,{value}}}"
+        return "{value_zero,0}"
+    return problem
+
+
+def _priority(value: Any) -> str | None:
+    problem = _non_negative(value)
+    if problem is None and value > 255:
+        return f"{{max_value_exceeded,{value}}}"
     return problem
 
 
 def _string(value: Any) -> str | None:
     if not isinstance(value, str | bytes):
-        return f"{{unacceptable_type,{_type_name(value)}}}"
+        raise WrongType(type_name(value))
     return None
 
 
 def _boolean(value: Any) -> str | None:
     if not isinstance(value, bool):
-        return f"{{unacceptable_type,{_type_name(value)}}}"
+        raise WrongType(type_name(value))
     return None
 
 
-def _priority(value: Any) -> str | None:
-    problem = _non_negative_int(value)
-    if problem is None and value > 255:
-        return f"{{value_too_large,{value},255}}"
-    return problem
-
-
-def _one_of(*choices: str):
+def _one_of(*choices: str, problem: str = '{{invalid_value,<<"{text}">>}}') -> Check:
     def check(value: Any) -> str | None:
-        text = value.decode() if isinstance(value, bytes) else value
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if not isinstance(text, str):
-            return f"{{unacceptable_type,{_type_name(value)}}}"
-        if text not in choices:
-            return f'{{invalid_value,<<"{text}">>}}'
-        return None
+            raise WrongType(type_name(value))
+        return None if text in choices else problem.format(text=text)
 
     return check
 
 
-QUEUE_ARGUMENTS = {
-    "x-message-ttl": _non_negative_int,
-    "x-expires": _positive_int,
-    "x-max-length": _non_negative_int,
-    "x-max-length-bytes": _non_negative_int,
+QUEUE_ARGUMENTS: dict[str, Check] = {
+    "x-message-ttl": _non_negative,
+    "x-expires": _positive,
+    "x-max-length": _non_negative,
+    "x-max-length-bytes": _non_negative,
     "x-max-priority": _priority,
     "x-dead-letter-exchange": _string,
     "x-dead-letter-routing-key": _string,
-    "x-overflow": _one_of("drop-head", "reject-publish", "reject-publish-dlx"),
+    "x-overflow": _one_of("drop-head", "reject-publish", "reject-publish-dlx",
+                          problem="invalid_overflow"),
     "x-queue-mode": _one_of("default", "lazy"),
-    "x-queue-type": _one_of("classic", "quorum"),
+    "x-queue-type": _one_of("classic", "quorum",
+                            problem="\"unsupported queue type '{text}'\""),
     "x-single-active-consumer": _boolean,
-    "x-delivery-limit": _non_negative_int,
-    "x-consumer-timeout": _non_negative_int,
+    "x-delivery-limit": _non_negative,
+    "x-consumer-timeout": _non_negative,
 }
 
-# Arguments compared on redeclare (RabbitMQ's equivalence check).
+# Arguments RabbitMQ compares when a queue is declared again.
 COMPARED_QUEUE_ARGUMENTS = (
-    "x-message-ttl",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-overflow",
-    "x-queue-type",
+    "x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-max-priority",
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-overflow", "x-queue-type",
     "x-single-active-consumer",
 )
 
@@ -106,29 +120,39 @@ COMPARED_QUEUE_ARGUMENTS = (
 def validate_queue_arguments(queue: str, vhost: str, arguments: dict[str, Any]) -> None:
     """Raise 406 PRECONDITION_FAILED for an argument RabbitMQ would refuse."""
     for name, check in QUEUE_ARGUMENTS.items():
-        if name in arguments:
+        if name not in arguments:
+            continue
+        try:
             problem = check(arguments[name])
-            if problem:
-                raise errors.PreconditionFailed(
-                    f"invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {problem}"
-                )
-    if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
-        raise errors.PreconditionFailed(
-            f"invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': "
-            "Key 'x-dead-letter-exchange' is mandatory if 'x-dead-letter-routing-key' is set"
-        )
-
-
-def check_equivalent_arguments(
-    queue: str, vhost: str, current: dict[str, Any], received: dict[str, Any]
-) -> None:
-    """Raise 406 when a redeclare changes an argument RabbitMQ compares."""
-    for name in COMPARED_QUEUE_ARGUMENTS:
-        old, new = current.get(name), received.get(name)
-        if old != new:
-            new_text = "none" if new is None else (f"the value '{new}' of type '{_type_name(new)}'")
-            old_text = "none" if old is None else (f"the value '{old}' of type '{_type_name(old)}'")
+        except WrongType as wrong:
             raise errors.PreconditionFailed(
-                f"inequivalent arg '{name}' for queue '{queue}' in vhost '{vhost}': "
-                f"received {new_text} but current is {old_text}"
+                f"invalid type '{wrong}' for arg '{name}' in queue '{queue}' in vhost '{vhost}'"
+            ) from None
+        if problem:
+            raise errors.PreconditionFailed(
+                f"invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {problem}"
             )
+
+
+def check_equivalent_arguments(what: str, vhost: str, current: dict[str, Any],
+                               received: dict[str, Any],
+                               compared: tuple[str, ...] = COMPARED_QUEUE_ARGUMENTS) -> None:
+    """Raise 406 when a redeclare changes an argument RabbitMQ compares.
+
+    ``what`` names the object as RabbitMQ does, e.g. ``queue 'q'`` or ``exchange 'x'``.
+    """
+    for name in compared:
+        old, new = current.get(name), received.get(name)
+        if old == new:
+            continue
+        if old is not None and new is not None:
+            new_text, old_text = f"'{show(new)}'", f"'{show(old)}'"
+        else:
+            new_text = "none" if new is None else (
+                f"the value '{show(new)}' of type '{type_name(new)}'")
+            old_text = "none" if old is None else (
+                f"the value '{show(old)}' of type '{type_name(old)}'")
+        raise errors.PreconditionFailed(
+            f"inequivalent arg '{name}' for {what} in vhost '{vhost}': "
+            f"received {new_text} but current is {old_text}"
+        )

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pamqp import commands
+from pamqp.header import ContentHeader
 
 from broker.handlers import HANDLERS
 from broker.message import Entry, Message
@@ -135,10 +136,23 @@ class Channel:
                 40,
             )
         self._header = payload
+        if fastpath.property_flags(payload) & fastpath.FLAG_USER_ID:
+            self._check_user_id(payload)
         if size == 0:
             self._finish_publish(b"")
         else:
             self._body_remaining = size
+
+    def _check_user_id(self, header: bytes) -> None:
+        content = ContentHeader()
+        content.unmarshal(header)
+        user_id = content.properties.user_id
+        if user_id is not None and user_id != self.connection.username:
+            self._reset_content()
+            raise errors.PreconditionFailed(
+                f"user_id property set to '{user_id}' but authenticated user was "
+                f"'{self.connection.username}'", c.CLASS_BASIC, 40,
+            )
 
     def _handle_body(self, payload: bytes) -> None:
         if self._header is None:

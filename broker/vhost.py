@@ -78,14 +78,18 @@ class VirtualHost:
             raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.get_exchange(name)
-        if name.startswith("amq."):
-            raise errors.AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         if type_ not in BUILTIN_TYPES:
             raise errors.CommandInvalid(f"unknown exchange type '{type_}'")
         existing = self.exchanges.get(name)
         if existing is not None:
             self._check_equivalent_exchange(existing, type_, durable, auto_delete, internal)
+            check_equivalent_arguments(
+                f"exchange '{name}'", self.name, existing.arguments, arguments,
+                ("alternate-exchange",),
+            )
             return existing
+        if name.startswith("amq."):
+            raise errors.AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
         exchange = Exchange(
             name,
             type_,
@@ -117,15 +121,15 @@ class VirtualHost:
                 )
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
-        if name == "" or name.startswith("amq."):
-            raise errors.AccessRefused(
-                "operation not permitted on the default exchange"
-                if name == ""
-                else f"exchange name '{name}' contains reserved prefix 'amq.*'"
-            )
+        if name == "":
+            raise errors.AccessRefused("operation not permitted on the default exchange")
         exchange = self.exchanges.get(name)
         if exchange is None:
             return  # RabbitMQ 3.x answers delete-ok for a missing exchange
+        if name.startswith("amq."):
+            raise errors.AccessRefused(
+                f"deletion of system exchange '{name}' {self._in()} not allowed"
+            )
         if if_unused and len(exchange.table):
             raise errors.PreconditionFailed(f"exchange '{name}' {self._in()} in use")
         self._remove_exchange(exchange)
@@ -148,11 +152,14 @@ class VirtualHost:
 
     def check_exclusive(self, queue: Queue, connection: Connection | None) -> None:
         if queue.exclusive_owner is not None and queue.exclusive_owner is not connection:
-            raise errors.ResourceLocked(
-                f"cannot obtain exclusive access to locked queue '{queue.name}' {self._in()}. "
-                "It could be originally declared on another connection or the exclusive "
-                "property value does not match that of the original declaration."
-            )
+            raise self._locked(queue)
+
+    def _locked(self, queue: Queue) -> errors.AMQPError:
+        return errors.ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{queue.name}' {self._in()}. "
+            "It could be originally declared on another connection or the exclusive "
+            "property value does not match that of the original declaration."
+        )
 
     def declare_queue(
         self,
@@ -177,8 +184,11 @@ class VirtualHost:
         existing = self.queues.get(name)
         if existing is not None:
             self.check_exclusive(existing, connection)
+            if exclusive != (existing.exclusive_owner is not None):
+                raise self._locked(existing)
             self._check_equivalent_queue(existing, durable, exclusive, auto_delete, arguments)
-            check_equivalent_arguments(name, self.name, existing.arguments, arguments)
+            check_equivalent_arguments(f"queue '{name}'", self.name, existing.arguments,
+                                       arguments)
             return existing
         queue = Queue(
             name,
@@ -233,8 +243,9 @@ class VirtualHost:
     def bind(
         self, source: Exchange, dest: Queue | Exchange, key: str, arguments: dict[str, Any]
     ) -> None:
-        if source.name == "":
-            raise errors.AccessRefused("operation not permitted on the default exchange")
+        self._check_not_default(source, dest)
+        if source.type == "headers":
+            _check_x_match(arguments)
         if not source.table.add(dest, key, arguments):
             return
         link = (source, key, freeze(arguments))
@@ -247,12 +258,16 @@ class VirtualHost:
     def unbind(
         self, source: Exchange, dest: Queue | Exchange, key: str, arguments: dict[str, Any]
     ) -> bool:
-        if source.name == "":
-            raise errors.AccessRefused("operation not permitted on the default exchange")
+        self._check_not_default(source, dest)
         removed = self._unlink(source, dest, key, arguments)
         if removed and source.auto_delete and not len(source.table):
             self._remove_exchange(source)
         return removed
+
+    @staticmethod
+    def _check_not_default(source: Exchange, dest: Queue | Exchange) -> None:
+        if source.name == "" or (isinstance(dest, Exchange) and dest.name == ""):
+            raise errors.AccessRefused("operation not permitted on the default exchange")
 
     def _unlink(self, source: Exchange, dest: Any, key: str, arguments: dict[str, Any]) -> bool:
         if not source.table.remove(dest, key, arguments):
@@ -292,3 +307,26 @@ class VirtualHost:
 
 def _headers_of(message: Message) -> Callable[[], dict[str, Any]]:
     return lambda: message.headers
+
+
+X_MATCH_MODES = ("all", "any", "all-with-x", "any-with-x")
+
+
+def _check_x_match(arguments: dict[str, Any]) -> None:
+    """A headers binding's x-match must be one of RabbitMQ's four modes."""
+    if "x-match" not in arguments:
+        return
+    mode = arguments["x-match"]
+    if isinstance(mode, bytes):
+        mode = mode.decode("utf-8", "replace")
+    if not isinstance(mode, str):
+        kind = "signedint" if isinstance(mode, int) and not isinstance(mode, bool) else (
+            type(mode).__name__)
+        raise errors.PreconditionFailed(
+            f"Invalid x-match field type {kind} (value {mode}); expected longstr"
+        )
+    if mode not in X_MATCH_MODES:
+        raise errors.PreconditionFailed(
+            f'Invalid x-match field value <<"{mode}">>; '
+            "expected all, any, all-with-x, or any-with-x"
+        )

@@ -135,6 +135,21 @@ def content_body_size(header_payload: bytes) -> int:
     return body_size
 
 
+# Property flag bits of a basic content header (AMQP 0-9-1, basic class).
+FLAG_HEADERS = 0x2000
+FLAG_DELIVERY_MODE = 0x1000
+FLAG_PRIORITY = 0x0800
+FLAG_EXPIRATION = 0x0100
+FLAG_USER_ID = 0x0010
+
+
+def property_flags(header_payload: bytes) -> int:
+    """The first property-flags word of a content header payload (0 if absent)."""
+    if len(header_payload) < 14:
+        return 0
+    return (header_payload[12] << 8) | header_payload[13]
+
+
 def content_class(header_payload: bytes) -> int:
     """class_id of a content header payload (must be basic, 60)."""
     return _H.unpack_from(header_payload)[0]

@@ -31,11 +31,14 @@ class BrokerAddress:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not EXTERNAL_URL:
-        return
-    skip = pytest.mark.skip(reason="Leveret-only behaviour; LEVERET_TEST_URL points elsewhere")
+    if EXTERNAL_URL:
+        skip = pytest.mark.skip(reason="Leveret-only behaviour; LEVERET_TEST_URL points elsewhere")
+        marker = "leveret_only"
+    else:
+        skip = pytest.mark.skip(reason="RabbitMQ behaviour Leveret deliberately differs from")
+        marker = "rabbitmq_only"
     for item in items:
-        if "leveret_only" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)
 
 

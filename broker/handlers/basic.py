@@ -28,6 +28,7 @@ def qos(ch: Channel, m: commands.Basic.Qos) -> None:
         # RabbitMQ applies a new per-consumer limit to later consumers only; Celery/kombu
         # raise and lower it while consuming (ETA tasks) and need it to apply at once.
         ch.prefetch_count = m.prefetch_count
+        ch.global_prefetch = 0  # as in RabbitMQ: a per-consumer qos clears the channel limit
         for consumer in ch.consumers.values():
             consumer.prefetch = m.prefetch_count
     ch.connection.send_method(ch.number, commands.Basic.QosOk())

@@ -32,8 +32,8 @@ def delete(ch: Channel, m: commands.Exchange.Delete) -> None:
 
 def bind(ch: Channel, m: commands.Exchange.Bind) -> None:
     vhost = ch.vhost
-    destination = vhost.get_exchange(m.destination)
     source = vhost.get_exchange(m.source)
+    destination = vhost.get_exchange(m.destination)
     vhost.bind(source, destination, m.routing_key, m.arguments or {})
     if not m.nowait:
         ch.connection.send_method(ch.number, commands.Exchange.BindOk())
@@ -41,9 +41,10 @@ def bind(ch: Channel, m: commands.Exchange.Bind) -> None:
 
 def unbind(ch: Channel, m: commands.Exchange.Unbind) -> None:
     vhost = ch.vhost
-    destination = vhost.get_exchange(m.destination)
-    source = vhost.get_exchange(m.source)
-    vhost.unbind(source, destination, m.routing_key, m.arguments or {})
+    source = vhost.exchanges.get(m.source)
+    destination = vhost.exchanges.get(m.destination)
+    if source is not None and destination is not None:  # unbind is idempotent in RabbitMQ
+        vhost.unbind(source, destination, m.routing_key, m.arguments or {})
     if not m.nowait:
         ch.connection.send_method(ch.number, commands.Exchange.UnbindOk())
 

@@ -48,8 +48,8 @@ def declare(ch: Channel, m: commands.Queue.Declare) -> None:
 
 def bind(ch: Channel, m: commands.Queue.Bind) -> None:
     vhost = ch.vhost
-    queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
     source = vhost.get_exchange(m.exchange)
+    queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
     vhost.bind(source, queue, m.routing_key, m.arguments or {})
     if not m.nowait:
         ch.connection.send_method(ch.number, commands.Queue.BindOk())
@@ -57,9 +57,11 @@ def bind(ch: Channel, m: commands.Queue.Bind) -> None:
 
 def unbind(ch: Channel, m: commands.Queue.Unbind) -> None:
     vhost = ch.vhost
-    queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
-    source = vhost.get_exchange(m.exchange)
-    vhost.unbind(source, queue, m.routing_key, m.arguments or {})
+    source = vhost.exchanges.get(m.exchange)
+    queue = vhost.queues.get(_queue_name(ch, m.queue))
+    if source is not None and queue is not None:  # unbind is idempotent in RabbitMQ
+        vhost.check_exclusive(queue, ch.connection)
+        vhost.unbind(source, queue, m.routing_key, m.arguments or {})
     ch.connection.send_method(ch.number, commands.Queue.UnbindOk())
 
 
