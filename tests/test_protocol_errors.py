@@ -443,8 +443,9 @@ CONTENT_CASES: list[tuple[str, Callable[[RawClient, str], None], int, int, str]]
         "UNEXPECTED_FRAME - expected content body, got non content body frame instead",
     ),
     (
+        # The empty message itself is complete and valid, so route it nowhere.
         "body-after-empty-content",
-        lambda c, rk: (_publish(c, rk), c.send(ContentHeader(0, 0), 1),
+        lambda c, rk: (_publish(c, f"{rk}-unrouted"), c.send(ContentHeader(0, 0), 1),
                        c.send(ContentBody(b"x"), 1)),
         0, 0,
         "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
@@ -516,14 +517,23 @@ def test_content_may_interleave_across_channels(client: RawClient, unique: str) 
     client.send_raw(encode_raw_frame(FRAME_HEARTBEAT, 0, b""))
     client.send(ContentBody(b"def"), 1)
     client.send_method(1, commands.Basic.Get(queue=unique, no_ack=True))
-    assert client.expect_method(commands.Queue.DeclareOk, channel=2).queue == f"{unique}-2"
-    client.expect_method(commands.Basic.QosOk, channel=2)
-    get_ok = client.expect_method(commands.Basic.GetOk, channel=1)
-    assert get_ok.routing_key == unique
-    header = client.read_non_heartbeat()
-    assert isinstance(header.value, ContentHeader) and header.value.body_size == 6
-    body = client.read_non_heartbeat()
-    assert body.channel == 1 and body.payload == b"abcdef"
+    # Channels are independent: only the order *within* each channel is defined.
+    by_channel: dict[int, list[RawFrame]] = {1: [], 2: []}
+    while len(by_channel[1]) < 3 or len(by_channel[2]) < 2:
+        f = client.read_non_heartbeat()
+        assert f.channel in by_channel, f"unexpected {f.value!r} on channel {f.channel}"
+        by_channel[f.channel].append(f)
+    declare_ok, qos_ok = (f.value for f in by_channel[2])
+    assert isinstance(declare_ok, commands.Queue.DeclareOk)
+    assert declare_ok.queue == f"{unique}-2"
+    assert isinstance(qos_ok, commands.Basic.QosOk)
+    get_ok, header, body = by_channel[1]
+    assert isinstance(get_ok.value, commands.Basic.GetOk)
+    assert get_ok.value.routing_key == unique
+    assert isinstance(header.value, ContentHeader)
+    assert header.value.body_size == 6
+    assert body.frame_type == FRAME_BODY
+    assert body.payload == b"abcdef"
     client.close_connection()
 
 
