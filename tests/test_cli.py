@@ -35,7 +35,8 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
             return process
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(process.stderr.read() if process.stderr else "exited")
+                output = process.stderr.read() if process.stderr else "exited"
+                raise AssertionError(output) from None
             time.sleep(0.05)
     process.kill()
     raise AssertionError("broker did not start listening")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,10 +71,8 @@ def test_random_bytes_end_only_in_a_protocol_error(garbage: bytes, cuts: list[in
         for cut in [*cuts, len(garbage)]:
             for _, _, payload in reader.feed(garbage[position : position + cut]):
                 if payload[:1]:
-                    try:
+                    with contextlib.suppress(AMQPError):
                         decode_method(payload)
-                    except AMQPError:
-                        pass
             position += cut
     except AMQPError as error:
         assert error.reply_code in (c.FRAME_ERROR, c.COMMAND_INVALID, c.SYNTAX_ERROR)
