@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pamqp import commands
 from pamqp.header import ContentHeader
 
+from broker import direct_reply
 from broker.handlers import HANDLERS
 from broker.message import Entry, Message
 from protocol import constants as c
@@ -42,6 +43,7 @@ class Channel:
         self.vhost = connection.vhost
         self.closing = False  # we sent channel.close and wait for close-ok
         self.flow_active = True
+        self.reply_queue: Queue | None = None  # direct reply-to consumer's private queue
         self.last_queue: str | None = None  # for queue methods with an empty name
         # deliveries
         self.next_delivery_tag = 1
@@ -135,9 +137,12 @@ class Channel:
                 c.CLASS_BASIC,
                 40,
             )
-        self._header = payload
-        if fastpath.property_flags(payload) & fastpath.FLAG_USER_ID:
+        flags = fastpath.property_flags(payload)
+        if flags & fastpath.FLAG_USER_ID:
             self._check_user_id(payload)
+        if flags & fastpath.FLAG_REPLY_TO:
+            payload = direct_reply.rewrite_reply_to(self, payload)
+        self._header = payload
         if size == 0:
             self._finish_publish(b"")
         else:

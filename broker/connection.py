@@ -45,6 +45,8 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
+    "consumer_priorities": True,
+    "direct_reply_to": True,
 }
 
 

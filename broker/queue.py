@@ -42,6 +42,7 @@ class Queue:
         self._next_seq = 0
         self._rr = 0
         self._had_consumer = False
+        self._prioritised = False
 
     # -- messages -------------------------------------------------------------------------
     def enqueue(self, message: Message) -> None:
@@ -90,8 +91,21 @@ class Queue:
         return len(self.ready)
 
     # -- consumers ------------------------------------------------------------------------
+    @property
+    def single_active(self) -> bool:
+        return self.arguments.get("x-single-active-consumer") is True
+
     def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers.append(consumer)
+        """Register a consumer; higher x-priority first, registration order within a priority."""
+        consumers = self.consumers
+        if consumer.priority and not self.single_active:
+            position = len(consumers)
+            while position and consumers[position - 1].priority < consumer.priority:
+                position -= 1
+            consumers.insert(position, consumer)
+        else:
+            consumers.append(consumer)
+        self._prioritised = any(c.priority for c in consumers) and not self.single_active
         self._had_consumer = True
         self.wake()
 
@@ -100,6 +114,8 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        self._prioritised = any(c.priority for c in self.consumers) and not self.single_active
+        self.wake()
 
     @property
     def unused_after_consumers(self) -> bool:
@@ -111,22 +127,51 @@ class Queue:
         if self.ready and self.consumers:
             self._dispatcher.mark(self)
 
-    def dispatch(self, budget: int) -> bool:
-        """Deliver up to ``budget`` ready messages round-robin; True if more can go now."""
-        ready = self.ready
+    def _next_consumer(self) -> Consumer | None:
+        """The consumer the next message goes to, or None when nobody can take one now.
+
+        Round-robin over consumers with credit; with consumer priorities, over the highest
+        priority that has a consumer with credit; with a single active consumer, only the
+        first registered one.
+        """
         consumers = self.consumers
-        delivered = 0
-        while ready and delivered < budget:
-            count = len(consumers)
-            if not count:
-                return False
+        count = len(consumers)
+        if not count:
+            return None
+        if self.single_active:
+            first = consumers[0]
+            return first if first.can_take() else None
+        if not self._prioritised:
             for _ in range(count):
                 rr = self._rr % count
                 self._rr = rr + 1
                 consumer = consumers[rr]
                 if consumer.can_take():
-                    break
-            else:
+                    return consumer
+            return None
+        start = 0
+        while start < count:
+            priority = consumers[start].priority
+            end = start + 1
+            while end < count and consumers[end].priority == priority:
+                end += 1
+            size = end - start
+            for _ in range(size):
+                rr = self._rr % size
+                self._rr = rr + 1
+                consumer = consumers[start + rr]
+                if consumer.can_take():
+                    return consumer
+            start = end
+        return None
+
+    def dispatch(self, budget: int) -> bool:
+        """Deliver up to ``budget`` ready messages; True if more can go right away."""
+        ready = self.ready
+        delivered = 0
+        while ready and delivered < budget:
+            consumer = self._next_consumer()
+            if consumer is None:
                 return False
             consumer.channel.deliver(consumer, ready.popleft())
             delivered += 1

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.arguments import check_equivalent_arguments, validate_queue_arguments
+from broker.direct_reply import REPLY_PREFIX, REPLY_TO
 from broker.exchange import BUILTIN_TYPES, Exchange
 from broker.queue import Queue
 from broker.routing import freeze
@@ -44,6 +45,7 @@ class VirtualHost:
         for ex_name, ex_type in PREDECLARED:
             self.exchanges[ex_name] = Exchange(ex_name, ex_type)
         self.queues: dict[str, Queue] = {}
+        self.reply_queues: dict[str, Queue] = {}  # direct reply-to, see broker.direct_reply
         self.on_queue_deleted: list[Callable[[Queue], None]] = []
 
     # -- naming helpers --------------------------------------------------------------------
@@ -223,6 +225,7 @@ class VirtualHost:
         queue.deleted = True
         count = queue.message_count
         self.queues.pop(queue.name, None)
+        self.reply_queues.pop(queue.name, None)
         for source, key, frozen_args in list(queue.bindings):
             args = source.table.bindings.get((queue, key, frozen_args), {})
             self.unbind(source, queue, key, args)
@@ -286,6 +289,8 @@ class VirtualHost:
         key = message.routing_key
         if exchange.name == "":
             queue = self.queues.get(key)
+            if queue is None and key.startswith(REPLY_PREFIX):
+                queue = self.reply_queues.get(key)
             return [queue] if queue is not None else []
         headers = _headers_of(message)
         dests = exchange.table.route(key, headers)

@@ -139,6 +139,7 @@ def content_body_size(header_payload: bytes) -> int:
 FLAG_HEADERS = 0x2000
 FLAG_DELIVERY_MODE = 0x1000
 FLAG_PRIORITY = 0x0800
+FLAG_REPLY_TO = 0x0200
 FLAG_EXPIRATION = 0x0100
 FLAG_USER_ID = 0x0010
 

@@ -43,16 +43,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[BrokerAddress]:
-    """The broker under test: an embedded Leveret, or the one named by LEVERET_TEST_URL."""
+def _embedded_broker() -> Iterator[object]:
     if EXTERNAL_URL:
-        parsed = urlparse(EXTERNAL_URL)
-        yield BrokerAddress(parsed.hostname or "127.0.0.1", parsed.port or 5672)
+        yield None
         return
     from broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(host="127.0.0.1", port=0) as embedded:
-        yield BrokerAddress("127.0.0.1", embedded.port)
+        yield embedded
+
+
+@pytest.fixture(scope="session")
+def broker(_embedded_broker: object) -> BrokerAddress:
+    """The broker under test: an embedded Leveret, or the one named by LEVERET_TEST_URL."""
+    if EXTERNAL_URL:
+        parsed = urlparse(EXTERNAL_URL)
+        return BrokerAddress(parsed.hostname or "127.0.0.1", parsed.port or 5672)
+    return BrokerAddress("127.0.0.1", _embedded_broker.port)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def embedded(_embedded_broker: object) -> object:
+    """The embedded Leveret itself (``broker.embedded.EmbeddedBroker``), for Leveret-only tests."""
+    if _embedded_broker is None:
+        pytest.skip("needs the embedded Leveret broker")
+    return _embedded_broker
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def _make_machine(url: str, queue: str) -> type[RuleBasedStateMachine]:
         def _pick(self, index: int) -> Session:
             return self.sessions[index % len(self.sessions)]
 
-        def _holding(self, index: int) -> Session:
+        def _holding(self, index: int) -> Session | None:
             """A session holding unacked deliveries, after dispatching anything pika buffered.
 
             pika only hands consumer deliveries to callbacks in process_data_events; a
@@ -88,9 +88,7 @@ def _make_machine(url: str, queue: str) -> type[RuleBasedStateMachine]:
             for s in self.sessions:
                 s.conn.process_data_events(time_limit=0)
             holders = [s for s in self.sessions if s.outstanding]
-            if not holders:  # cannot happen: dispatching only adds deliveries
-                raise AssertionError("no outstanding deliveries")
-            return holders[index % len(holders)]
+            return holders[index % len(holders)] if holders else None
 
         @staticmethod
         def _pick_tag(session: Session, index: int) -> int:
@@ -103,9 +101,10 @@ def _make_machine(url: str, queue: str) -> type[RuleBasedStateMachine]:
 
         # --- rules ---------------------------------------------------------------------------
 
-        @initialize(prefetch=st.sampled_from([0, 1, 2]))
-        def start(self, prefetch: int) -> None:
+        @initialize(prefetch=st.sampled_from([0, 1, 2]), n=st.integers(min_value=1, max_value=4))
+        def start(self, prefetch: int, n: int) -> None:
             self.open_session(prefetch)
+            self.publish(n)
 
         @rule(n=st.integers(min_value=1, max_value=3))
         def publish(self, n: int) -> None:
@@ -147,44 +146,29 @@ def _make_machine(url: str, queue: str) -> type[RuleBasedStateMachine]:
         def pump(self) -> None:
             self._pump()
 
-        @precondition(lambda self: any(s.outstanding for s in self.sessions))
+        @precondition(lambda self: bool(self.sessions))
         @rule(
+            action=st.sampled_from(["ack", "ack-multiple", "nack", "nack-multiple", "reject"]),
             index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1),
             pick=st.integers(min_value=0, max_value=10),
-            multiple=st.booleans(),
         )
-        def ack(self, index: int, pick: int, multiple: bool) -> None:
+        def settle(self, action: str, index: int, pick: int) -> None:
             session = self._holding(index)
+            if session is None:
+                return
             tag = self._pick_tag(session, pick)
+            multiple = action.endswith("-multiple")
             covered = [t for t in session.outstanding if t <= tag] if multiple else [tag]
-            session.ch.basic_ack(tag, multiple=multiple)
+            if action.startswith("ack"):
+                session.ch.basic_ack(tag, multiple=multiple)
+            elif action.startswith("nack"):
+                session.ch.basic_nack(tag, multiple=multiple, requeue=True)
+            else:
+                session.ch.basic_reject(tag, requeue=True)
             for t in covered:
-                self.acked[session.outstanding.pop(t)] += 1
-
-        @precondition(lambda self: any(s.outstanding for s in self.sessions))
-        @rule(
-            index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1),
-            pick=st.integers(min_value=0, max_value=10),
-            multiple=st.booleans(),
-        )
-        def nack_requeue(self, index: int, pick: int, multiple: bool) -> None:
-            session = self._holding(index)
-            tag = self._pick_tag(session, pick)
-            covered = [t for t in session.outstanding if t <= tag] if multiple else [tag]
-            session.ch.basic_nack(tag, multiple=multiple, requeue=True)
-            for t in covered:
-                session.outstanding.pop(t)
-
-        @precondition(lambda self: any(s.outstanding for s in self.sessions))
-        @rule(
-            index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1),
-            pick=st.integers(min_value=0, max_value=10),
-        )
-        def reject_requeue(self, index: int, pick: int) -> None:
-            session = self._holding(index)
-            tag = self._pick_tag(session, pick)
-            session.ch.basic_reject(tag, requeue=True)
-            session.outstanding.pop(tag)
+                msg_id = session.outstanding.pop(t)
+                if action.startswith("ack"):
+                    self.acked[msg_id] += 1
 
         @precondition(lambda self: any(s.consumer_tag for s in self.sessions))
         @rule(index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1))
@@ -197,22 +181,23 @@ def _make_machine(url: str, queue: str) -> type[RuleBasedStateMachine]:
             session.consumer_tag = None
 
         @precondition(lambda self: bool(self.sessions))
-        @rule(index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1))
-        def close_channel(self, index: int) -> None:
+        @rule(
+            what=st.sampled_from(["channel", "connection"]),
+            index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1),
+        )
+        def close(self, what: str, index: int) -> None:
+            """Close a channel (reopening one) or a whole connection: unacked go back."""
             session = self._pick(index)
+            if what == "connection":
+                session.conn.close()
+                self.sessions.remove(session)
+                return
             session.ch.close()
-            session.outstanding.clear()  # the broker requeues them
+            session.outstanding.clear()
             session.consumer_tag = None
             session.ch = session.conn.channel()
             if session.prefetch:
                 session.ch.basic_qos(prefetch_count=session.prefetch)
-
-        @precondition(lambda self: bool(self.sessions))
-        @rule(index=st.integers(min_value=0, max_value=MAX_SESSIONS - 1))
-        def close_connection(self, index: int) -> None:
-            session = self._pick(index)
-            session.conn.close()
-            self.sessions.remove(session)
 
         # --- checks --------------------------------------------------------------------------
 
@@ -254,7 +239,7 @@ def test_random_interleavings_lose_and_duplicate_nothing(broker: Broker, unique:
             machine,
             settings=settings(
                 max_examples=25,
-                stateful_step_count=30,
+                stateful_step_count=50,
                 deadline=None,
                 database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -128,14 +128,19 @@ def test_frame_larger_than_frame_max(
     with open_client(broker, frame_max=frame_max) as c:
         c.open_channel(1)
         limit = c.frame_max
+        if limit == 0:
+            pytest.skip("the server offered no frame_max limit")
         oversize = limit + 16
         if kind == "body":
             c.send_method(1, commands.Basic.Publish(exchange="", routing_key=unique))
             c.send(ContentHeader(0, oversize), 1)
-            c.send_raw(encode_raw_frame(FRAME_BODY, 1, b"x" * oversize))
+            frame = encode_raw_frame(FRAME_BODY, 1, b"x" * oversize)
         else:
             publish = method_payload(commands.Basic.Publish(exchange="", routing_key=unique))
-            c.send_raw(encode_raw_frame(FRAME_METHOD, 1, publish + b"\0" * oversize))
+            frame = encode_raw_frame(FRAME_METHOD, 1, publish + b"\0" * oversize)
+        # The server may reject the frame from its header alone and close before we are done.
+        with contextlib.suppress(OSError):
+            c.send_raw(frame)
         close = c.expect_connection_close(501)
         assert_close(close, "FRAME_ERROR - ", 0, 0)
         c.expect_socket_closed()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
+from broker import direct_reply
 from broker.consumer import Consumer
 from protocol import errors
 from protocol.methods import make
@@ -40,7 +41,10 @@ def consume(ch: Channel, m: commands.Basic.Consume) -> None:
     name = m.queue or ch.last_queue
     if not name:
         raise errors.NotFound("no previously declared queue")
-    queue = vhost.get_queue(name, ch.connection)
+    if name == direct_reply.REPLY_TO:
+        queue = direct_reply.open_reply_queue(ch, m.no_ack)
+    else:
+        queue = vhost.get_queue(name, ch.connection)
     tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
     if tag in ch.consumers:
         raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
+from broker import direct_reply
 from protocol import errors
 from protocol.methods import make
 
@@ -24,6 +25,11 @@ def _queue_name(ch: Channel, name: str) -> str:
 
 
 def declare(ch: Channel, m: commands.Queue.Declare) -> None:
+    if m.passive and m.queue == direct_reply.REPLY_TO:
+        # RabbitMQ answers a passive declare of the pseudo-queue as if one consumer held it.
+        ch.connection.send_method(ch.number, make(
+            commands.Queue.DeclareOk, queue=m.queue, message_count=0, consumer_count=1))
+        return
     queue = ch.vhost.declare_queue(
         m.queue,
         ch.connection,

@@ -1,0 +1,50 @@
+"""Leveret-specific connection behaviour: resource alarms and internal-error isolation."""
+
+from __future__ import annotations
+
+import pika
+import pytest
+from pamqp import commands
+from pika.exceptions import ConnectionClosedByBroker
+
+from broker import handlers
+
+pytestmark = pytest.mark.leveret_only
+
+
+def test_blocked_and_unblocked_reach_clients(broker, embedded) -> None:
+    """block_publishers() sends connection.blocked; unblock_publishers() connection.unblocked."""
+    events: list[str] = []
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        conn.add_on_connection_blocked_callback(lambda _c, m: events.append(m.method.reason))
+        conn.add_on_connection_unblocked_callback(lambda _c, _m: events.append("unblocked"))
+        embedded.call(embedded.broker.block_publishers, "low on disk")
+        conn.process_data_events(time_limit=0.5)
+        embedded.call(embedded.broker.unblock_publishers)
+        conn.process_data_events(time_limit=0.5)
+        assert events == ["low on disk", "unblocked"]
+        conn.channel().queue_declare("", exclusive=True)
+    finally:
+        conn.close()
+
+
+def test_internal_error_closes_only_that_connection(broker, monkeypatch) -> None:
+    """A bug in a handler costs its own connection (541 INTERNAL_ERROR), nothing else."""
+    bystander = pika.BlockingConnection(pika.URLParameters(broker.url))
+    bystander_channel = bystander.channel()
+    queue = bystander_channel.queue_declare("", exclusive=True).method.queue
+
+    def broken(channel, method) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(handlers.HANDLERS, commands.Queue.Purge.index, broken)
+    victim = pika.BlockingConnection(pika.URLParameters(broker.url))
+    with pytest.raises(ConnectionClosedByBroker) as closed:
+        victim.channel().queue_purge(queue)
+    assert closed.value.reply_code == 541
+    assert closed.value.reply_text.startswith("INTERNAL_ERROR - ")
+    monkeypatch.undo()
+    bystander_channel.basic_publish("", queue, b"still here")
+    assert bystander_channel.basic_get(queue, auto_ack=True)[2] == b"still here"
+    bystander.close()
