@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.arguments import check_equivalent_arguments, validate_queue_arguments
-from broker.direct_reply import REPLY_PREFIX, REPLY_TO
+from broker.direct_reply import REPLY_PREFIX
 from broker.exchange import BUILTIN_TYPES, Exchange
 from broker.queue import Queue
 from broker.routing import freeze

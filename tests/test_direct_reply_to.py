@@ -24,7 +24,9 @@ def test_request_reply_round_trip(broker) -> None:
         replies: list[tuple[str, str, bool, bytes]] = []
         ch.basic_consume(
             REPLY_TO,
-            lambda _c, m, _p, body: replies.append((m.exchange, m.routing_key, m.redelivered, body)),
+            lambda _c, m, _p, body: replies.append(
+                (m.exchange, m.routing_key, m.redelivered, body)
+            ),
             auto_ack=True,
         )
         requests = ch.queue_declare("", exclusive=True).method.queue
@@ -39,8 +41,12 @@ def test_request_reply_round_trip(broker) -> None:
 
 
 def test_consuming_with_acks_is_refused(broker) -> None:
-    _refused(broker.url, lambda ch: ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=False),
-             406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
+    _refused(
+        broker.url,
+        lambda ch: ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=False),
+        406,
+        "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+    )
 
 
 def test_second_reply_consumer_is_refused(broker) -> None:
@@ -67,8 +73,12 @@ def test_pseudo_queue_is_not_a_queue(broker) -> None:
     missing = f"NOT_FOUND - no queue '{REPLY_TO}' in vhost '/'"
     _refused(broker.url, lambda ch: ch.basic_get(REPLY_TO), 404, missing)
     _refused(broker.url, lambda ch: ch.queue_bind(REPLY_TO, "amq.direct", "k"), 404, missing)
-    _refused(broker.url, lambda ch: ch.queue_declare(REPLY_TO + ".bogus", passive=True), 404,
-             f"NOT_FOUND - no queue '{REPLY_TO}.bogus' in vhost '/'")
+    _refused(
+        broker.url,
+        lambda ch: ch.queue_declare(REPLY_TO + ".bogus", passive=True),
+        404,
+        f"NOT_FOUND - no queue '{REPLY_TO}.bogus' in vhost '/'",
+    )
 
 
 def test_reply_after_cancel_is_dropped(broker) -> None:
