@@ -7,6 +7,7 @@ this module holds the per-channel state those handlers share and the per-message
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from pamqp.header import ContentHeader
 
 from broker import direct_reply
 from broker.handlers import HANDLERS
-from broker.message import Entry, Message
+from broker.message import Entry, Message, parse_expiration, sender_selected
 from protocol import constants as c
 from protocol import errors, fastpath
 from protocol.framing import method_frame
@@ -32,6 +33,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Delivery = tuple[Entry, "Queue", "Consumer | None"]
+
+
+def _expected_method() -> errors.AMQPError:
+    return errors.UnexpectedFrame("expected method frame, got non method frame instead")
+
+
+def _expected_header() -> errors.AMQPError:
+    return errors.UnexpectedFrame(
+        "expected content header for class 60, got non content header frame instead",
+        c.CLASS_BASIC, 40,
+    )
+
+
+def _expected_body() -> errors.AMQPError:
+    return errors.UnexpectedFrame(
+        "expected content body, got non content body frame instead", c.CLASS_BASIC, 40
+    )
 
 
 class Channel:
@@ -49,6 +67,9 @@ class Channel:
         self.next_delivery_tag = 1
         self.unacked: dict[int, Delivery] = {}
         self._unacked_order: deque[int] = deque()
+        self._timeouts: list[tuple[float, int, Consumer]] = []  # (deadline, tag, consumer)
+        self._timeout_timer: asyncio.TimerHandle | None = None
+        self._timed_out_tags: set[int] = set()
         self.consumers: dict[str, Consumer] = {}
         self.prefetch_count = 0  # basic.qos global=false: per consumer
         self.global_prefetch = 0  # basic.qos global=true: shared by the channel
@@ -56,6 +77,7 @@ class Channel:
         self.confirm_mode = False
         self.publish_seq = 0
         self.confirmed_seq = 0  # highest sequence number already acked to the publisher
+        self._confirm_nacks: list[int] = []  # refused publishes awaiting their nack
         self.tx_mode = False
         self.tx_publishes: list[tuple[Exchange, Message, bool]] = []
         self.tx_settlements: list[tuple[str, int, bool, bool]] = []
@@ -64,6 +86,7 @@ class Channel:
         self._header: bytes | None = None
         self._body: list[bytes] = []
         self._body_remaining = 0
+        self._ttl: int | None = None  # expiration of the message being received, in ms
 
     # -- frames ----------------------------------------------------------------------------
     def handle_frame(self, frame_type: int, payload: bytes) -> None:
@@ -82,10 +105,7 @@ class Channel:
 
     def _handle_method(self, payload: bytes) -> None:
         if self._publish is not None:
-            kind = "content header" if self._header is None else "content body"
-            raise errors.UnexpectedFrame(
-                f"expected {kind} for class 60, got non content {kind} frame instead"
-            )
+            raise (_expected_header if self._header is None else _expected_body)()
         index = method_index(payload)
         if index == c.BASIC_PUBLISH:
             self._on_publish(fastpath.decode_publish(payload))
@@ -126,8 +146,16 @@ class Channel:
         self.connection.has_published = True
 
     def _handle_header(self, payload: bytes) -> None:
-        if self._publish is None or self._header is not None:
-            raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+        if self._publish is None:
+            raise _expected_method()
+        if self._header is not None:
+            raise _expected_body()
+        content_class = fastpath.content_class(payload)
+        if content_class != c.CLASS_BASIC:
+            raise errors.UnexpectedFrame(
+                f"expected content header for class 60, got one for class {content_class} "
+                "instead", c.CLASS_BASIC, 40,
+            )
         size = fastpath.content_body_size(payload)
         limit = self.connection.broker.config.max_message_size
         if size > limit:
@@ -138,8 +166,8 @@ class Channel:
                 40,
             )
         flags = fastpath.property_flags(payload)
-        if flags & fastpath.FLAG_USER_ID:
-            self._check_user_id(payload)
+        if flags & (fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION):
+            self._check_properties(payload)
         if flags & fastpath.FLAG_REPLY_TO:
             payload = direct_reply.rewrite_reply_to(self, payload)
         self._header = payload
@@ -148,23 +176,28 @@ class Channel:
         else:
             self._body_remaining = size
 
-    def _check_user_id(self, header: bytes) -> None:
+    def _check_properties(self, header: bytes) -> None:
+        """Refuse a wrong user_id or an invalid expiration, as RabbitMQ does (406)."""
         content = ContentHeader()
         content.unmarshal(header)
-        user_id = content.properties.user_id
+        properties = content.properties
+        user_id = properties.user_id
         if user_id is not None and user_id != self.connection.username:
-            self._reset_content()
             raise errors.PreconditionFailed(
                 f"user_id property set to '{user_id}' but authenticated user was "
                 f"'{self.connection.username}'", c.CLASS_BASIC, 40,
             )
+        if properties.expiration is not None:
+            self._ttl = parse_expiration(properties.expiration)
 
     def _handle_body(self, payload: bytes) -> None:
         if self._header is None:
-            raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+            raise _expected_method() if self._publish is None else _expected_header()
         remaining = self._body_remaining - len(payload)
         if remaining < 0:
-            raise errors.UnexpectedFrame("content body frame exceeds the size in the header")
+            raise errors.UnexpectedFrame(
+                "content body frame exceeds the size in the header", c.CLASS_BASIC, 40
+            )
         if remaining == 0:
             body = self._body
             if body:
@@ -186,6 +219,8 @@ class Channel:
         self._publish = self._exchange = self._header = None
         assert publish is not None and exchange is not None and header is not None
         message = Message(publish.exchange, publish.routing_key, publish.route_raw, header, body)
+        if self._ttl is not None:
+            message.ttl, self._ttl = self._ttl, None
         if self.tx_mode:
             self.tx_publishes.append((exchange, message, publish.mandatory))
             return
@@ -193,14 +228,27 @@ class Channel:
 
     def route(self, exchange: Exchange, message: Message, mandatory: bool) -> None:
         """Route a complete message to its queues; return it if mandatory and unroutable."""
-        queues = self.vhost.route(exchange, message)
-        if queues:
-            for queue in queues:
-                queue.enqueue(message)
-        elif mandatory:
-            self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
+        vhost = self.vhost
+        refused = False
+        if exchange.delayed and vhost.delayed.hold(exchange, message):
+            pass  # routed when due; the publish is confirmed now
+        else:
+            extra_keys = None
+            if fastpath.property_flags(message.header) & fastpath.FLAG_HEADERS and (
+                b"CC" in message.header
+            ):
+                message, extra_keys = sender_selected(message)
+            queues = vhost.route(exchange, message, extra_keys)
+            if queues:
+                for queue in queues:
+                    if not queue.enqueue(message):
+                        refused = True
+            elif mandatory:
+                self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
         if self.confirm_mode:
             self.publish_seq += 1
+            if refused:
+                self._confirm_nacks.append(self.publish_seq)
             self.connection.confirms_ready(self)
 
     def send_return(self, code: int, text: str, message: Message) -> None:
@@ -216,12 +264,25 @@ class Channel:
         conn.schedule_flush()
 
     def pending_confirms(self, out: list) -> None:
-        """Append basic.ack frames for every publish confirmed since the last flush."""
+        """Append basic.ack/nack frames for every publish settled since the last flush.
+
+        Contiguous acks become one ``multiple`` ack; a refused publish gets its own nack.
+        """
         seq = self.publish_seq
-        if seq > self.confirmed_seq:
-            multiple = seq - self.confirmed_seq > 1
-            self.confirmed_seq = seq
-            out.append(method_frame(self.number, fastpath.ack_method(seq, multiple)))
+        done = self.confirmed_seq
+        if seq <= done:
+            return
+        number = self.number
+        for nacked in self._confirm_nacks:
+            if nacked - 1 > done:
+                out.append(method_frame(number, fastpath.ack_method(nacked - 1,
+                                                                    nacked - 1 - done > 1)))
+            out.append(method_frame(number, fastpath.nack_method(nacked, False)))
+            done = nacked
+        self._confirm_nacks.clear()
+        if seq > done:
+            out.append(method_frame(number, fastpath.ack_method(seq, seq - done > 1)))
+        self.confirmed_seq = seq
 
     # -- delivering ------------------------------------------------------------------------
     def can_deliver(self) -> bool:
@@ -241,6 +302,8 @@ class Channel:
             self._unacked_order.append(tag)
             consumer.unacked += 1
             queue.unacked += 1
+            if queue.consumer_timeout:
+                self._watch_timeout(tag, consumer, queue.consumer_timeout)
         message = entry.message
         conn = self.connection
         fastpath.write_delivery(
@@ -284,6 +347,9 @@ class Channel:
             return settled
         delivery = unacked.pop(tag, None)
         if delivery is None:
+            if tag in self._timed_out_tags:  # its consumer timed out and it was requeued
+                self._timed_out_tags.discard(tag)
+                return []
             raise errors.PreconditionFailed(f"unknown delivery tag {tag}")
         order = self._unacked_order
         if not multiple:
@@ -326,14 +392,17 @@ class Channel:
             entries = woken.get(queue)
             if entries is None:
                 woken[queue] = entries = []
-            if requeue:
+            if requeue is not None:
                 entries.append(entry)
         for queue, entries in woken.items():
             if queue.deleted:
                 continue
-            if entries:
+            if not entries:
+                queue.wake()
+            elif requeue:
                 queue.requeue(entries)
             else:
+                queue.reject(entries)
                 queue.wake()
         if self.global_prefetch:
             for consumer in self.consumers.values():
@@ -347,9 +416,52 @@ class Channel:
         self._settle(deliveries, requeue=True)
 
     # -- consumers -------------------------------------------------------------------------
+    # -- consumer timeout (off unless configured) ------------------------------------------
+    def _watch_timeout(self, tag: int, consumer: Consumer, timeout: float) -> None:
+        loop = self.connection.loop
+        self._timeouts.append((loop.time() + timeout, tag, consumer))
+        if self._timeout_timer is None:
+            self._timeout_timer = loop.call_later(min(timeout, 1.0), self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        """Cancel each consumer holding a delivery past its queue's consumer timeout."""
+        self._timeout_timer = None
+        if self.closing or self.connection.channels.get(self.number) is not self:
+            return
+        now = self.connection.loop.time()
+        unacked = self.unacked
+        waiting = []
+        timed_out: dict[Consumer, None] = {}
+        for deadline, tag, consumer in self._timeouts:
+            if tag not in unacked or consumer in timed_out:
+                continue
+            if deadline <= now:
+                timed_out[consumer] = None
+            else:
+                waiting.append((deadline, tag, consumer))
+        self._timeouts = waiting
+        for consumer in timed_out:
+            self._time_out(consumer)
+        if self._timeouts:
+            self._timeout_timer = self.connection.loop.call_later(1.0, self._check_timeouts)
+
+    def _time_out(self, consumer: Consumer) -> None:
+        """That consumer alone is cancelled and its unacked messages requeued."""
+        log.warning("consumer %r on channel %d of %s timed out; cancelling it",
+                    consumer.tag, self.number, self.connection.peer)
+        tags = [tag for tag, delivery in self.unacked.items() if delivery[2] is consumer]
+        deliveries = [self.unacked.pop(tag) for tag in tags]
+        self._timed_out_tags.update(tags)
+        self.remove_consumer(consumer)
+        self._settle(deliveries, requeue=True)
+        self._notify_cancel(consumer)
+
     def cancel_by_server(self, consumer: Consumer) -> None:
         """The queue went away: drop the consumer and tell the client if it understands."""
         self.consumers.pop(consumer.tag, None)
+        self._notify_cancel(consumer)
+
+    def _notify_cancel(self, consumer: Consumer) -> None:
         if self.connection.client_capability("consumer_cancel_notify") and not self.closing:
             self.connection.send_method(
                 self.number, make(commands.Basic.Cancel, consumer_tag=consumer.tag, nowait=True)
@@ -387,6 +499,9 @@ class Channel:
 
     def release(self) -> None:
         """Give back everything this channel holds: consumers, unacked messages, content."""
+        if self._timeout_timer is not None:
+            self._timeout_timer.cancel()
+            self._timeout_timer = None
         for consumer in list(self.consumers.values()):
             self.remove_consumer(consumer)
         self.requeue_all()

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=128 * 1024 * 1024,
         help="largest accepted message body in bytes",
     )
+    serve.add_argument("--consumer-timeout", type=int, default=0, metavar="MS",
+                       help="cancel a consumer that holds a delivery unacked this long, "
+                            "requeueing its messages (default 0: off)")
     return parser
 
 
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         heartbeat=args.heartbeat,
         max_message_size=args.max_message_size,
+        consumer_timeout=args.consumer_timeout / 1000 or None,
     )
     loop_name = install_event_loop_policy()
     logging.getLogger("broker").debug("event loop: %s", loop_name)

@@ -22,3 +22,4 @@ class BrokerConfig:
     handshake_timeout: float = 10.0
     close_timeout: float = 3.0  # how long to wait for close-ok after we sent close
     cluster_name: str = "leveret@localhost"
+    consumer_timeout: float | None = None  # seconds a delivery may stay unacked; None = off

@@ -19,8 +19,8 @@ from broker import __version__, auth
 from broker.channel import Channel
 from protocol import constants as c
 from protocol import errors
-from protocol.framing import HEARTBEAT, FrameReader, method_frame
-from protocol.methods import Method, decode_method, encode_method, make, method_index
+from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame
+from protocol.methods import Method, decode_method, encode_method, ids, make, method_index
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -216,6 +216,10 @@ class Connection(asyncio.Protocol):
             self._tune_ok(method)
         elif state == AWAIT_OPEN and isinstance(method, commands.Connection.Open):
             self._open(method)
+        elif state == OPEN:
+            raise errors.ChannelErrorHard(
+                "unexpected method in connection state running", *ids(method)
+            )
         else:
             raise errors.CommandInvalid(f"unexpected method {method.name} in this state")
 
@@ -235,7 +239,7 @@ class Connection(asyncio.Protocol):
                     f"Login was refused using authentication mechanism {mechanism}. "
                     "For details see the broker logfile."
                 )
-            self._close_transport()
+            self._refuse_silently("login refused")
             return
         self.username = credentials[0]
         self.state = AWAIT_TUNE_OK
@@ -249,15 +253,16 @@ class Connection(asyncio.Protocol):
         )
 
     def _tune_ok(self, method: commands.Connection.TuneOk) -> None:
-        server_frame_max = self.config.frame_max
-        frame_max = method.frame_max or server_frame_max
-        if frame_max < c.FRAME_MIN_SIZE:
-            raise errors.NotAllowed(f"frame_max={frame_max} < {c.FRAME_MIN_SIZE} min size")
-        if frame_max > server_frame_max:
-            raise errors.NotAllowed(f"frame_max={frame_max} > {server_frame_max} max size")
-        channel_max = method.channel_max or self.config.channel_max
-        if channel_max > self.config.channel_max:
-            raise errors.NotAllowed(f"channel_max={channel_max} > {self.config.channel_max} max")
+        frame_max, channel_max = method.frame_max, method.channel_max
+        problem = None
+        if not c.FRAME_MIN_SIZE <= frame_max <= self.config.frame_max:
+            problem = f"frame_max={frame_max} outside {c.FRAME_MIN_SIZE}..{self.config.frame_max}"
+        elif not 1 <= channel_max <= self.config.channel_max:
+            problem = f"channel_max={channel_max} outside 1..{self.config.channel_max}"
+        if problem:
+            # RabbitMQ answers a bad tune-ok with no frame at all and drops the socket later.
+            self._refuse_silently(problem)
+            return
         self.frame_max = frame_max
         self.reader.frame_max = frame_max
         self.channel_max = channel_max
@@ -267,7 +272,7 @@ class Connection(asyncio.Protocol):
     def _open(self, method: commands.Connection.Open) -> None:
         vhost = self.broker.vhosts.get(method.virtual_host)
         if vhost is None:
-            raise errors.NotAllowed(f"vhost {method.virtual_host} not found")
+            raise errors.NotAllowed(f"vhost {method.virtual_host} not found", *ids(method))
         self.vhost = vhost
         self.state = OPEN
         self.send_method(0, make(commands.Connection.OpenOk, known_hosts=""))
@@ -279,6 +284,14 @@ class Connection(asyncio.Protocol):
         if self.broker.blocked_reason is not None:
             self.block(self.broker.blocked_reason)
         log.debug("connection %s opened vhost %s as %s", self.peer, vhost.name, self.username)
+
+    def _refuse_silently(self, reason: str) -> None:
+        """Fail the handshake as RabbitMQ does: no frame, the socket closed after a pause."""
+        log.warning("connection %s refused during handshake: %s", self.peer, reason)
+        self.state = CLOSING
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.config.close_timeout, self._abort)
 
     def _handshake_timeout(self) -> None:
         self._timer = None
@@ -307,6 +320,8 @@ class Connection(asyncio.Protocol):
 
     # -- channels --------------------------------------------------------------------------
     def _channel_frame(self, frame_type: int, number: int, payload: bytes) -> None:
+        if frame_type == c.FRAME_HEARTBEAT:
+            raise errors.UnexpectedFrame(f"type 8, all octets = {erlang_binary(payload)}")
         if self.state != OPEN:
             raise errors.ChannelErrorHard(f"unexpected frame on channel {number} before open")
         channel = self.channels.get(number)
@@ -317,7 +332,8 @@ class Connection(asyncio.Protocol):
                 self.channels[number] = Channel(self, number)
                 self.send_method(number, make(commands.Channel.OpenOk, channel_id=""))
                 return
-            raise errors.ChannelErrorHard("expected 'channel.open'")
+            index = method_index(payload) if frame_type == c.FRAME_METHOD else 0
+            raise errors.ChannelErrorHard("expected 'channel.open'", index >> 16, index & 0xFFFF)
         if frame_type == c.FRAME_METHOD:
             index = method_index(payload)
             if channel.closing:  # we sent channel.close: only close/close-ok count now
@@ -332,7 +348,7 @@ class Connection(asyncio.Protocol):
                 self.send_method(number, commands.Channel.CloseOk())
                 return
             if index == _CHANNEL_OPEN:
-                raise errors.ChannelErrorHard("second 'channel.open' seen")
+                raise errors.ChannelErrorHard("second 'channel.open' seen", 20, 10)
             if index == _CHANNEL_CLOSE_OK:
                 return  # stray close-ok: nothing to finish
         elif channel.closing:

@@ -34,7 +34,7 @@ def open_reply_queue(ch: Channel, no_ack: bool) -> Queue:
     from broker.queue import Queue
 
     name = REPLY_PREFIX + secrets.token_urlsafe(24)
-    queue = Queue(name, ch.vhost.dispatcher, exclusive_owner=ch.connection, auto_delete=True)
+    queue = Queue(name, ch.vhost, exclusive_owner=ch.connection, auto_delete=True)
     ch.vhost.reply_queues[name] = queue
     ch.reply_queue = queue
     return queue

@@ -20,7 +20,7 @@ class Dispatcher:
     """Batches delivery work per event-loop iteration."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, batch: int = 256) -> None:
-        self._loop = loop
+        self.loop = loop
         self._batch = batch
         self._pending: dict[Dispatchable, None] = {}
         self._scheduled = False
@@ -30,7 +30,7 @@ class Dispatcher:
         self._pending[queue] = None
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._run)
+            self.loop.call_soon(self._run)
 
     def _run(self) -> None:
         self._scheduled = False

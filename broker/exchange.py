@@ -7,6 +7,7 @@ from typing import Any
 from broker.routing import TABLES, RoutingTable
 
 BUILTIN_TYPES = frozenset(TABLES)
+DELAYED_TYPE = "x-delayed-message"  # RabbitMQ's delayed-message plugin, built in here
 
 
 class Exchange:
@@ -28,7 +29,15 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
-        self.table: RoutingTable = TABLES[type_]()
+        self.delayed = type_ == DELAYED_TYPE
+        routing_type = self.arguments.get("x-delayed-type") if self.delayed else type_
+        if isinstance(routing_type, bytes):
+            routing_type = routing_type.decode("utf-8", "replace")
+        self.table: RoutingTable = TABLES[routing_type]()
+        alternate = self.arguments.get("alternate-exchange")
+        if isinstance(alternate, bytes):
+            alternate = alternate.decode("utf-8", "replace")
+        self.alternate: str | None = alternate if isinstance(alternate, str) else None
         self.exchange_destinations = 0  # bindings whose destination is an exchange
         self.bound_as_destination: set[tuple[Exchange, str, Any]] = set()
 

@@ -6,16 +6,19 @@ when a feature needs them (headers exchange, TTL, priorities, dead-lettering), a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pamqp import commands
 from pamqp.header import ContentHeader
 
+from protocol import errors, fastpath
+
 
 class Message:
     """One published message, shared by every queue it was routed to."""
 
-    __slots__ = ("_properties", "body", "exchange", "header", "route_raw", "routing_key")
+    __slots__ = ("_properties", "body", "exchange", "header", "route_raw", "routing_key", "ttl")
 
     def __init__(
         self, exchange: str, routing_key: str, route_raw: bytes, header: bytes, body: bytes
@@ -25,6 +28,7 @@ class Message:
         self.route_raw = route_raw  # exchange + routing key as raw shortstr bytes
         self.header = header  # the content header payload as the publisher sent it
         self.body = body
+        self.ttl: int | None = None  # per-message TTL in ms (the expiration property)
         self._properties: commands.Basic.Properties | None = None
 
     @property
@@ -38,19 +42,91 @@ class Message:
 
     @property
     def headers(self) -> dict[str, Any]:
+        if not fastpath.property_flags(self.header) & fastpath.FLAG_HEADERS:
+            return {}
         return self.properties.headers or {}
+
+    @property
+    def priority(self) -> int:
+        if not fastpath.property_flags(self.header) & fastpath.FLAG_PRIORITY:
+            return 0
+        return self.properties.priority or 0
+
+    @property
+    def persistent(self) -> bool:
+        if not fastpath.property_flags(self.header) & fastpath.FLAG_DELIVERY_MODE:
+            return False
+        return self.properties.delivery_mode == 2
 
     @property
     def size(self) -> int:
         return len(self.body)
 
+    def derive(self, properties: commands.Basic.Properties, exchange: str | None = None,
+               routing_key: str | None = None) -> Message:
+        """A copy with new properties (and optionally a new exchange and routing key)."""
+        exchange = self.exchange if exchange is None else exchange
+        routing_key = self.routing_key if routing_key is None else routing_key
+        header = ContentHeader(body_size=len(self.body), properties=properties).marshal()
+        route = (self.route_raw if exchange == self.exchange and routing_key == self.routing_key
+                 else fastpath.route_raw(exchange, routing_key))
+        copy = Message(exchange, routing_key, route, header, self.body)
+        copy._properties = properties
+        copy.ttl = self.ttl if properties.expiration is not None else None
+        return copy
+
+
+def copy_properties(properties: commands.Basic.Properties) -> commands.Basic.Properties:
+    """A shallow copy of basic properties with its own headers table."""
+    fresh = commands.Basic.Properties()
+    for name in properties.__slots__:
+        setattr(fresh, name, getattr(properties, name))
+    fresh.headers = dict(properties.headers or {})
+    return fresh
+
 
 class Entry:
-    """A message's place in one queue: its order there and whether it was delivered before."""
+    """A message's place in one queue: order, redelivery state and expiry there."""
 
-    __slots__ = ("message", "redelivered", "seq")
+    __slots__ = ("delivery_count", "expires_at", "message", "redelivered", "seq")
 
     def __init__(self, seq: int, message: Message, redelivered: bool = False) -> None:
         self.seq = seq
         self.message = message
         self.redelivered = redelivered
+        self.expires_at: float | None = None  # loop time
+        self.delivery_count = 0  # returns to the queue (quorum x-delivery-count)
+
+
+_EXPIRATION = re.compile(r"([+-]?[0-9]+)(.*)", re.DOTALL)
+
+
+def parse_expiration(value: str | bytes) -> int:
+    """The expiration property in ms; 406 with RabbitMQ's wording when it is not valid."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    match = _EXPIRATION.fullmatch(text)
+    if match is None:
+        problem = "no_integer"
+    elif match.group(2):
+        problem = f'{{leftover_string,"{match.group(2)}"}}'
+    elif int(match.group(1)) < 0:
+        problem = f"{{value_negative,{int(match.group(1))}}}"
+    else:
+        return int(match.group(1))
+    raise errors.PreconditionFailed(f"invalid expiration '{text}': {problem}", 60, 40)
+
+
+def sender_selected(message: Message) -> tuple[Message, list[str] | None]:
+    """CC/BCC: the extra routing keys, and the message without its BCC header."""
+    headers = message.headers
+    keys: list[str] = []
+    for name in ("CC", "BCC"):
+        value = headers.get(name)
+        if isinstance(value, list):
+            keys += [v.decode() if isinstance(v, bytes) else v for v in value
+                     if isinstance(v, str | bytes)]
+    if "BCC" in headers:
+        properties = copy_properties(message.properties)
+        del properties.headers["BCC"]
+        message = message.derive(properties)
+    return message, keys or None

@@ -1,27 +1,49 @@
-"""A queue: ready messages in order, its consumers, and round-robin dispatch to them."""
+"""A queue: ready messages, consumers, dispatch, and RabbitMQ's per-queue policies.
+
+Policies come from the declare arguments: message TTL (``x-message-ttl`` and the
+per-message ``expiration``), queue expiry (``x-expires``), length limits (``x-max-length``,
+``x-max-length-bytes``, ``x-overflow``), dead-lettering (``x-dead-letter-exchange``,
+``x-dead-letter-routing-key``), priorities (``x-max-priority``), quorum delivery limits
+(``x-delivery-limit``) and the consumer timeout (``x-consumer-timeout``). Expiry looks at
+queue heads only, from one timer per queue: never a scan of the whole queue.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from broker.message import Entry, Message
+from broker.deadletter import dead_letter
+from broker.message import Entry, Message, copy_properties
+from broker.ready import FifoReady, PriorityReady
 
 if TYPE_CHECKING:
     from broker.connection import Connection
     from broker.consumer import Consumer
-    from broker.dispatcher import Dispatcher
     from broker.exchange import Exchange
+    from broker.vhost import VirtualHost
+
+
+def _int_arg(arguments: dict[str, Any], name: str) -> int | None:
+    value = arguments.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_arg(arguments: dict[str, Any], name: str) -> str | None:
+    value = arguments.get(name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 class Queue:
-    """Messages wait here, FIFO, until a consumer or basic.get takes them."""
+    """Messages wait here until a consumer or basic.get takes them."""
 
     def __init__(
         self,
         name: str,
-        dispatcher: Dispatcher,
+        vhost: VirtualHost,
         *,
         durable: bool = False,
         exclusive_owner: Connection | None = None,
@@ -29,66 +51,210 @@ class Queue:
         arguments: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
+        self.vhost = vhost
         self.durable = durable
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
-        self.arguments = arguments or {}
-        self.ready: deque[Entry] = deque()
+        self.arguments = args = arguments or {}
+        self.message_ttl = _int_arg(args, "x-message-ttl")
+        self.expires = _int_arg(args, "x-expires")
+        self.max_length = _int_arg(args, "x-max-length")
+        self.max_length_bytes = _int_arg(args, "x-max-length-bytes")
+        self.overflow = _str_arg(args, "x-overflow") or "drop-head"
+        self.dead_letter_exchange = _str_arg(args, "x-dead-letter-exchange")
+        self.dead_letter_routing_key = _str_arg(args, "x-dead-letter-routing-key")
+        self.is_quorum = _str_arg(args, "x-queue-type") == "quorum"
+        self.delivery_limit = _int_arg(args, "x-delivery-limit") if self.is_quorum else None
+        timeout = _int_arg(args, "x-consumer-timeout")
+        self.consumer_timeout = timeout / 1000 if timeout else vhost.consumer_timeout
+        max_priority = _int_arg(args, "x-max-priority")
+        self.ready: FifoReady | PriorityReady = (
+            PriorityReady(max_priority) if max_priority else FifoReady()
+        )
+        self.ready_bytes = 0
         self.consumers: list[Consumer] = []
         self.unacked = 0  # deliveries handed out and not yet settled
         self.bindings: set[tuple[Exchange, str, Any]] = set()  # (source, key, frozen args)
         self.deleted = False
-        self._dispatcher = dispatcher
+        self._dispatcher = vhost.dispatcher
+        self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
+        self._limited = self.max_length is not None or self.max_length_bytes is not None
         self._next_seq = 0
         self._rr = 0
         self._had_consumer = False
         self._prioritised = False
+        self._ttl_timer: asyncio.TimerHandle | None = None
+        self._ttl_due = 0.0
+        self._expires_timer: asyncio.TimerHandle | None = None
+        self._last_used = self._loop.time()
+        if self.expires:
+            self._arm_expires_timer()
 
-    # -- messages -------------------------------------------------------------------------
-    def enqueue(self, message: Message) -> None:
-        """Append a freshly published message."""
+    # -- messages in ----------------------------------------------------------------------
+    def enqueue(self, message: Message) -> bool:
+        """Add a published message; False when the queue refuses it (reject-publish)."""
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.ready.append(Entry(seq, message))
+        entry = Entry(seq, message)
+        ttl = self.message_ttl
+        if message.ttl is not None and (ttl is None or message.ttl < ttl):
+            ttl = message.ttl
+        if ttl is not None:
+            if ttl == 0:  # deliverable right now, or expired
+                consumer = None if self.ready else self._next_consumer()
+                if consumer is not None:
+                    consumer.channel.deliver(consumer, entry)
+                else:
+                    dead_letter(self, [message], "expired")
+                return True
+            entry.expires_at = self._loop.time() + ttl / 1000
+        if self._limited and self.overflow != "drop-head" and self._full(message):
+            if self.overflow == "reject-publish-dlx":
+                dead_letter(self, [message], "maxlen")
+            return False
+        self.ready.push(entry)
+        self.ready_bytes += len(message.body)
+        if self._limited:
+            self._drop_head_over_limit()
+        if entry.expires_at is not None:
+            self._arm_ttl_timer(entry.expires_at)
         if self.consumers:
             self._dispatcher.mark(self)
+        return True
 
+    def _full(self, message: Message) -> bool:
+        if self.max_length is not None and len(self.ready) >= self.max_length:
+            return True
+        limit = self.max_length_bytes
+        return limit is not None and self.ready_bytes + len(message.body) > limit
+
+    def _over_limit(self) -> bool:
+        if self.max_length is not None and len(self.ready) > self.max_length:
+            return True
+        return self.max_length_bytes is not None and self.ready_bytes > self.max_length_bytes
+
+    def _drop_head_over_limit(self) -> None:
+        dropped = []
+        while self.ready and self._over_limit():
+            dropped.append(self._pop().message)
+        if dropped:
+            dead_letter(self, dropped, "maxlen")
+
+    def _pop(self) -> Entry:
+        entry = self.ready.pop()
+        self.ready_bytes -= len(entry.message.body)
+        return entry
+
+    # -- messages out ---------------------------------------------------------------------
     def take(self) -> Entry | None:
-        """Pop the head for basic.get."""
-        return self.ready.popleft() if self.ready else None
+        """Pop the head for basic.get (expired heads are dropped first)."""
+        self.touch()
+        if self._ttl_timer is not None:
+            self.expire()
+        return self._pop() if self.ready else None
 
     def requeue(self, entries: Iterable[Entry]) -> None:
-        """Put settled-with-requeue entries back in their original order, flagged redelivered."""
-        batch = sorted(entries, key=_seq)
+        """Return entries to their original positions, flagged redelivered.
+
+        On a quorum queue each return counts; past x-delivery-limit the message is
+        dead-lettered (reason delivery_limit) instead.
+        """
+        batch = []
+        over_limit = []
+        for entry in entries:
+            entry.redelivered = True
+            if self.is_quorum:
+                entry.delivery_count += 1
+                if self.delivery_limit is not None and entry.delivery_count > self.delivery_limit:
+                    over_limit.append(entry.message)
+                    continue
+                entry.message = _with_delivery_count(entry.message, entry.delivery_count)
+            batch.append(entry)
+        if over_limit:
+            dead_letter(self, over_limit, "delivery_limit")
         if not batch:
             return
-        for entry in batch:
-            entry.redelivered = True
-        ready = self.ready
-        last = batch[-1].seq
-        if not ready or ready[0].seq > last:
-            ready.extendleft(reversed(batch))
-        else:
-            head: list[Entry] = []
-            while ready and ready[0].seq < last:
-                head.append(ready.popleft())
-            merged = sorted(head + batch, key=_seq)
-            ready.extendleft(reversed(merged))
+        self.ready.requeue(batch)
+        self.ready_bytes += sum(len(e.message.body) for e in batch)
+        expiring = [e.expires_at for e in batch if e.expires_at is not None]
+        if expiring:
+            self._arm_ttl_timer(min(expiring))
         if self.consumers:
             self._dispatcher.mark(self)
 
-    def settled(self, count: int = 1) -> None:
-        """Deliveries from this queue were acked, rejected or requeued."""
-        self.unacked -= count
+    def reject(self, entries: Iterable[Entry]) -> None:
+        """Settled without requeue (nack/reject): dead-letter with reason rejected."""
+        if self.dead_letter_exchange is not None:
+            dead_letter(self, [e.message for e in entries], "rejected")
 
     def purge(self) -> int:
         count = len(self.ready)
         self.ready.clear()
+        self.ready_bytes = 0
         return count
 
     @property
     def message_count(self) -> int:
         return len(self.ready)
+
+    # -- TTL and expiry -------------------------------------------------------------------
+    def expire(self) -> None:
+        """Drop (dead-letter, reason expired) every head whose time has come."""
+        expired = self.ready.pop_expired(self._loop.time())
+        if expired:
+            self.ready_bytes -= sum(len(e.message.body) for e in expired)
+            dead_letter(self, [e.message for e in expired], "expired")
+        due = self.ready.next_expiry()
+        if due is not None:
+            self._arm_ttl_timer(due)
+
+    def _arm_ttl_timer(self, when: float) -> None:
+        if self._ttl_timer is not None:
+            if self._ttl_due <= when:
+                return
+            self._ttl_timer.cancel()
+        self._ttl_due = when
+        self._ttl_timer = self._loop.call_at(when, self._ttl_fired)
+
+    def _ttl_fired(self) -> None:
+        self._ttl_timer = None
+        if not self.deleted:
+            self.expire()
+
+    def touch(self) -> None:
+        """The queue was used (basic.get, redeclare, last consumer left): restart x-expires."""
+        self._last_used = self._loop.time()
+        if self.expires and not self.consumers:
+            self._arm_expires_timer()
+
+    def _arm_expires_timer(self) -> None:
+        self._cancel_expires_timer()
+        assert self.expires is not None
+        self._expires_timer = self._loop.call_at(
+            self._last_used + self.expires / 1000, self._expires_fired
+        )
+
+    def _cancel_expires_timer(self) -> None:
+        if self._expires_timer is not None:
+            self._expires_timer.cancel()
+            self._expires_timer = None
+
+    def _expires_fired(self) -> None:
+        self._expires_timer = None
+        if self.deleted or self.consumers:
+            return
+        assert self.expires is not None
+        if self._loop.time() >= self._last_used + self.expires / 1000 - 0.001:
+            self.vhost.delete_queue(self)
+        else:
+            self._arm_expires_timer()
+
+    def stop_timers(self) -> None:
+        """The queue is gone: cancel its timers."""
+        self._cancel_expires_timer()
+        if self._ttl_timer is not None:
+            self._ttl_timer.cancel()
+            self._ttl_timer = None
 
     # -- consumers ------------------------------------------------------------------------
     @property
@@ -107,6 +273,7 @@ class Queue:
             consumers.append(consumer)
         self._prioritised = any(c.priority for c in consumers) and not self.single_active
         self._had_consumer = True
+        self._cancel_expires_timer()
         self.wake()
 
     def remove_consumer(self, consumer: Consumer) -> None:
@@ -115,6 +282,8 @@ class Queue:
         except ValueError:
             return
         self._prioritised = any(c.priority for c in self.consumers) and not self.single_active
+        if not self.consumers:
+            self.touch()
         self.wake()
 
     @property
@@ -168,12 +337,14 @@ class Queue:
     def dispatch(self, budget: int) -> bool:
         """Deliver up to ``budget`` ready messages; True if more can go right away."""
         ready = self.ready
+        if self._ttl_timer is not None:
+            self.expire()
         delivered = 0
         while ready and delivered < budget:
             consumer = self._next_consumer()
             if consumer is None:
                 return False
-            consumer.channel.deliver(consumer, ready.popleft())
+            consumer.channel.deliver(consumer, self._pop())
             delivered += 1
         return bool(ready) and delivered >= budget
 
@@ -181,5 +352,8 @@ class Queue:
         return f"<Queue {self.name!r} ready={len(self.ready)} consumers={len(self.consumers)}>"
 
 
-def _seq(entry: Entry) -> int:
-    return entry.seq
+def _with_delivery_count(message: Message, count: int) -> Message:
+    """The message with x-delivery-count set (quorum queues, on redelivery)."""
+    properties = copy_properties(message.properties)
+    properties.headers["x-delivery-count"] = count
+    return message.derive(properties)

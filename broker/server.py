@@ -34,7 +34,7 @@ class Broker:
         self.loop = asyncio.get_running_loop()
         dispatcher = Dispatcher(self.loop)
         for name in self.config.vhosts:
-            self.vhosts[name] = VirtualHost(name, dispatcher)
+            self.vhosts[name] = VirtualHost(name, dispatcher, self.config.consumer_timeout)
         self._server = await self.loop.create_server(
             lambda: Connection(self),
             self.config.host,

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.arguments import check_equivalent_arguments, validate_queue_arguments
+from broker.delayed import DelayedMessages
 from broker.direct_reply import REPLY_PREFIX
-from broker.exchange import BUILTIN_TYPES, Exchange
+from broker.exchange import BUILTIN_TYPES, DELAYED_TYPE, Exchange
 from broker.queue import Queue
 from broker.routing import freeze
 from protocol import errors
@@ -38,9 +39,12 @@ def _flag(value: bool) -> str:
 class VirtualHost:
     """Exchanges, queues and bindings of one vhost."""
 
-    def __init__(self, name: str, dispatcher: Dispatcher) -> None:
+    def __init__(self, name: str, dispatcher: Dispatcher,
+                 consumer_timeout: float | None = None) -> None:
         self.name = name
         self.dispatcher = dispatcher
+        self.consumer_timeout = consumer_timeout  # seconds; None = off (the default)
+        self.delayed = DelayedMessages(self)
         self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct")}
         for ex_name, ex_type in PREDECLARED:
             self.exchanges[ex_name] = Exchange(ex_name, ex_type)
@@ -80,7 +84,15 @@ class VirtualHost:
             raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.get_exchange(name)
-        if type_ not in BUILTIN_TYPES:
+        if type_ == DELAYED_TYPE:
+            delayed_type = arguments.get("x-delayed-type")
+            if isinstance(delayed_type, bytes):
+                delayed_type = delayed_type.decode("utf-8", "replace")
+            if delayed_type not in BUILTIN_TYPES:
+                raise errors.PreconditionFailed(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                )
+        elif type_ not in BUILTIN_TYPES:
             raise errors.CommandInvalid(f"unknown exchange type '{type_}'")
         existing = self.exchanges.get(name)
         if existing is not None:
@@ -191,10 +203,13 @@ class VirtualHost:
             self._check_equivalent_queue(existing, durable, exclusive, auto_delete, arguments)
             check_equivalent_arguments(f"queue '{name}'", self.name, existing.arguments,
                                        arguments)
+            existing.touch()
             return existing
+        if arguments.get("x-queue-type") in ("quorum", b"quorum"):
+            self._check_quorum(name, durable, exclusive, auto_delete, arguments)
         queue = Queue(
             name,
-            self.dispatcher,
+            self,
             durable=durable,
             exclusive_owner=connection if exclusive else None,
             auto_delete=auto_delete,
@@ -202,6 +217,22 @@ class VirtualHost:
         )
         self.queues[name] = queue
         return queue
+
+    def _check_quorum(self, name: str, durable: bool, exclusive: bool, auto_delete: bool,
+                      arguments: dict[str, Any]) -> None:
+        """Quorum queues are durable, shared and kept; some arguments do not apply."""
+        for refused, prop in ((not durable, "non-durable"), (exclusive, "exclusive-owner"),
+                              (auto_delete, "auto-delete")):
+            if refused:
+                raise errors.PreconditionFailed(
+                    f"invalid property '{prop}' for queue '{name}' {self._in()}"
+                )
+        for arg in ("x-max-priority", "x-queue-mode"):
+            if arg in arguments:
+                raise errors.PreconditionFailed(
+                    f"invalid arg '{arg}' for queue '{name}' {self._in()} "
+                    "of queue type rabbit_quorum_queue"
+                )
 
     def _check_equivalent_queue(
         self, q: Queue, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any]
@@ -223,6 +254,7 @@ class VirtualHost:
         if queue.deleted:
             return 0
         queue.deleted = True
+        queue.stop_timers()
         count = queue.message_count
         self.queues.pop(queue.name, None)
         self.reply_queues.pop(queue.name, None)
@@ -284,30 +316,55 @@ class VirtualHost:
         return True
 
     # -- routing ---------------------------------------------------------------------------
-    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
-        """Every queue ``message`` reaches from ``exchange``, each once, cycles included."""
+    def route(self, exchange: Exchange, message: Message,
+              extra_keys: list[str] | None = None) -> list[Queue]:
+        """Every queue ``message`` reaches from ``exchange``, each once, cycles included.
+
+        ``extra_keys`` are the CC/BCC routing keys of the message. An exchange that routes
+        nowhere hands the message to its alternate exchange, if it has one.
+        """
         key = message.routing_key
-        if exchange.name == "":
+        if exchange.name == "" and not extra_keys:
             queue = self.queues.get(key)
             if queue is None and key.startswith(REPLY_PREFIX):
                 queue = self.reply_queues.get(key)
             return [queue] if queue is not None else []
+        keys = [key, *extra_keys] if extra_keys else [key]
+        if (not exchange.exchange_destinations and exchange.alternate is None
+                and len(keys) == 1):
+            return list(exchange.table.route(key, _headers_of(message)))
+        return list(self._route_graph(exchange, message, keys))
+
+    def _route_graph(self, exchange: Exchange, message: Message,
+                     keys: list[str]) -> dict[Queue, None]:
         headers = _headers_of(message)
-        dests = exchange.table.route(key, headers)
-        if not exchange.exchange_destinations:
-            return list(dests)
         queues: dict[Queue, None] = {}
-        visited = {exchange}
-        pending = [dests]
+        visited: set[Exchange] = set()
+        pending = [exchange]
         while pending:
-            for dest in pending.pop():
-                if isinstance(dest, Exchange):
-                    if dest not in visited:
-                        visited.add(dest)
-                        pending.append(dest.table.route(key, headers))
+            source = pending.pop()
+            if source in visited:
+                continue
+            visited.add(source)
+            found_before = len(queues)
+            routed_to_exchange = False
+            for key in keys:
+                if source.name == "":
+                    queue = self.queues.get(key) or self.reply_queues.get(key)
+                    dests: Any = (queue,) if queue is not None else ()
                 else:
-                    queues[dest] = None
-        return list(queues)
+                    dests = source.table.route(key, headers)
+                for dest in dests:
+                    if isinstance(dest, Exchange):
+                        routed_to_exchange = True
+                        pending.append(dest)
+                    else:
+                        queues[dest] = None
+            if len(queues) == found_before and not routed_to_exchange and source.alternate:
+                alternate = self.exchanges.get(source.alternate)
+                if alternate is not None:
+                    pending.append(alternate)
+        return queues
 
 
 def _headers_of(message: Message) -> Callable[[], dict[str, Any]]:

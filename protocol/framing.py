@@ -48,24 +48,38 @@ class FrameReader:
         try:
             while end - offset >= c.FRAME_HEADER_SIZE:
                 frame_type, channel, size = _unpack_header(buffer, offset)
-                if frame_type not in _VALID_TYPES:
-                    raise FrameError(f"type {frame_type}, unknown frame type")
-                if size + c.FRAME_OVERHEAD > self.frame_max:
+                if size > self.frame_max:  # RabbitMQ lets the 8 bytes of framing slip
                     raise FrameError(
-                        f"type {frame_type}, frame size {size + c.FRAME_OVERHEAD} "
-                        f"exceeds frame_max {self.frame_max}"
+                        f"type {frame_type}, all octets = <<>>: "
+                        f"{{frame_too_large,{size},{self.frame_max - c.FRAME_OVERHEAD}}}"
                     )
                 frame_end = offset + c.FRAME_HEADER_SIZE + size
                 if frame_end >= end:
                     break
                 if buffer[frame_end] != c.FRAME_END:
-                    raise FrameError(f"type {frame_type}, invalid frame end byte")
+                    octets = erlang_binary(bytes(buffer[offset + c.FRAME_HEADER_SIZE : frame_end]))
+                    raise FrameError(
+                        f"type {frame_type}, all octets = {octets}: "
+                        f"{{invalid_frame_end_marker,{buffer[frame_end]}}}"
+                    )
                 payload = bytes(buffer[offset + c.FRAME_HEADER_SIZE : frame_end])
+                if frame_type not in _VALID_TYPES or (frame_type == c.FRAME_HEARTBEAT and size):
+                    raise FrameError(
+                        f"type {frame_type}, all octets = {erlang_binary(payload)}: unknown_frame"
+                    )
                 offset = frame_end + 1
                 yield frame_type, channel, payload
         finally:
             if offset:
                 del buffer[:offset]
+
+
+def erlang_binary(data: bytes, limit: int = 64) -> str:
+    """Bytes written the way RabbitMQ's error texts show them: <<"text">> or <<1,2,3>>."""
+    data = data[:limit]
+    if data and all(32 <= b < 127 and b not in (34, 92) for b in data):
+        return f'<<"{data.decode()}">>'
+    return "<<" + ",".join(str(b) for b in data) + ">>"
 
 
 def method_frame(channel: int, payload: bytes) -> bytes:

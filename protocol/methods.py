@@ -12,8 +12,8 @@ from typing import Any
 
 from pamqp import base, commands, encode
 
-from protocol.errors import CommandInvalid, FrameError, SyntaxError_
-from protocol.framing import method_frame
+from protocol.errors import CommandInvalid, FrameError
+from protocol.framing import erlang_binary, method_frame
 
 _METHOD_INDEX = struct.Struct(">I")
 
@@ -37,8 +37,10 @@ def decode_method(payload: bytes) -> Method:
     try:
         method.unmarshal(payload[4:])
     except (struct.error, ValueError, TypeError, IndexError) as error:
-        raise SyntaxError_(
-            f"cannot decode {cls.name}: {error}", class_id=index >> 16, method_id=index & 0xFFFF
+        raise FrameError(
+            f"cannot decode {erlang_binary(payload[4:])}",
+            class_id=index >> 16,
+            method_id=index & 0xFFFF,
         ) from error
     return method
 
