@@ -50,6 +50,25 @@ class RawFrame:
         """The decoded method, if this is a method frame."""
         return self.value if isinstance(self.value, MethodFrame) else None
 
+    def __repr__(self) -> str:
+        return f"<frame ch={self.channel} {describe(self.value)}>"
+
+
+def describe(value: Any) -> str:
+    """A readable one-liner for a decoded frame value (used in assertion messages)."""
+    if isinstance(value, (commands.Connection.Close, commands.Channel.Close)):
+        return (
+            f"{value.name}({value.reply_code}, {value.reply_text!r}, "
+            f"class_id={value.class_id}, method_id={value.method_id})"
+        )
+    if isinstance(value, MethodFrame):
+        return value.name
+    if isinstance(value, ContentHeader):
+        return f"ContentHeader(body_size={value.body_size})"
+    if isinstance(value, ContentBody):
+        return f"ContentBody({len(value.value)} octets)"
+    return type(value).__name__
+
 
 def encode_raw_frame(frame_type: int, channel: int, payload: bytes, end: int = FRAME_END) -> bytes:
     """Build a frame by hand (so tests can break any part of it)."""
@@ -176,10 +195,11 @@ class RawClient:
         self, cls: type[M], channel: int | None = None, timeout: float | None = None
     ) -> M:
         """Read the next non-heartbeat frame and assert it is a ``cls`` method."""
-        f = self.read_non_heartbeat(timeout)
-        assert isinstance(f.value, cls), (
-            f"expected {cls.__name__}, got {f.value!r} on channel {f.channel}"
-        )
+        try:
+            f = self.read_non_heartbeat(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"timed out waiting for {cls.__name__}") from None
+        assert isinstance(f.value, cls), f"expected {cls.__name__}, got {f!r}"
         if channel is not None:
             assert f.channel == channel, f"{cls.__name__} on channel {f.channel}, not {channel}"
         return f.value
@@ -291,14 +311,26 @@ class RawClient:
         Frames on other channels received before the close are skipped over.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        skipped: list[RawFrame] = []
         while True:
-            f = self.read_non_heartbeat(max(0.001, deadline - time.monotonic()))
+            try:
+                f = self.read_non_heartbeat(max(0.001, deadline - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(
+                    f"timed out waiting for connection.close {reply_code}; saw {skipped!r}"
+                ) from None
+            except ConnectionClosedByPeer as exc:
+                raise AssertionError(
+                    f"socket closed ({exc}) instead of connection.close {reply_code}; "
+                    f"saw {skipped!r}"
+                ) from None
             if isinstance(f.value, commands.Connection.Close):
                 break
+            skipped.append(f)
         close = f.value
         assert f.channel == 0, f"connection.close on channel {f.channel}"
         assert close.reply_code == reply_code, (
-            f"expected connection.close {reply_code}, got {close.reply_code} {close.reply_text!r}"
+            f"expected connection.close {reply_code}, got {describe(close)}"
         )
         if send_close_ok:
             with contextlib.suppress(OSError):
@@ -311,7 +343,7 @@ class RawClient:
         """Assert the server closes ``channel`` with ``reply_code`` (no close-ok is sent)."""
         close = self.expect_method(commands.Channel.Close, channel=channel, timeout=timeout)
         assert close.reply_code == reply_code, (
-            f"expected channel.close {reply_code}, got {close.reply_code} {close.reply_text!r}"
+            f"expected channel.close {reply_code}, got {describe(close)}"
         )
         return close
 
@@ -340,7 +372,7 @@ class RawClient:
                 f = self.read_frame(remaining)
             except TimeoutError:
                 return
-            assert f.frame_type == FRAME_HEARTBEAT, f"unexpected frame {f.value!r}"
+            assert f.frame_type == FRAME_HEARTBEAT, f"expected silence, got {f!r}"
 
 
 def connect(host: str, port: int, timeout: float = DEFAULT_TIMEOUT, **handshake: Any) -> RawClient:

@@ -88,7 +88,7 @@ def test_silent_peer_with_heartbeat_1_is_dropped(broker: BrokerAddress) -> None:
         assert elapsed < 6.5, f"silent peer dropped only after {elapsed:.1f} s"
         assert frames, "server sent no heartbeat at all before dropping the peer"
         assert all(f.frame_type == FRAME_HEARTBEAT for f in frames), (
-            f"only heartbeats expected before EOF, got {[f.value for f in frames]!r}"
+            f"only heartbeats expected before EOF, got {frames!r}"
         )
     finally:
         client.close_socket()
@@ -107,7 +107,7 @@ def test_server_sends_heartbeats(broker: BrokerAddress) -> None:
                 f = client.read_frame(timeout=0.3)
             except TimeoutError:
                 continue
-            assert f.frame_type == FRAME_HEARTBEAT, f"unexpected frame {f.value!r}"
+            assert f.frame_type == FRAME_HEARTBEAT, f"unexpected {f!r}"
             assert f.channel == 0
             seen += 1
         assert seen >= 1, "no heartbeat from the server in 2 s"

@@ -28,6 +28,7 @@ from rawamqp import (
     RawClient,
     RawFrame,
     connect,
+    describe,
     encode_raw_frame,
     method_payload,
 )
@@ -58,9 +59,9 @@ def assert_close(
     class_id: int,
     method_id: int,
 ) -> None:
-    assert close.reply_text.startswith(prefix), f"reply_text {close.reply_text!r}"
+    assert close.reply_text.startswith(prefix), f"{describe(close)}: wanted prefix {prefix!r}"
     assert (close.class_id, close.method_id) == (class_id, method_id), (
-        f"class/method {(close.class_id, close.method_id)} != {(class_id, method_id)}"
+        f"{describe(close)}: wanted class_id={class_id}, method_id={method_id}"
     )
 
 
@@ -395,7 +396,7 @@ def test_handshake_error_closes_socket_silently(
     below 4096 / above the offer (or channel_max above the offer), make the server drop the
     socket without sending any frame (in particular no connection.open-ok)."""
     frames = silent_close_results[case].result(timeout=SILENT_CLOSE_TIMEOUT + 5)
-    assert frames == [], f"expected a silent close, got {[f.value for f in frames]!r}"
+    assert frames == [], f"expected a silent close, got {frames!r}"
     assert_served(broker, unique)
 
 
@@ -526,7 +527,7 @@ def test_content_may_interleave_across_channels(client: RawClient, unique: str) 
     by_channel: dict[int, list[RawFrame]] = {1: [], 2: []}
     while len(by_channel[1]) < 3 or len(by_channel[2]) < 2:
         f = client.read_non_heartbeat()
-        assert f.channel in by_channel, f"unexpected {f.value!r} on channel {f.channel}"
+        assert f.channel in by_channel, f"unexpected {f!r}"
         by_channel[f.channel].append(f)
     declare_ok, qos_ok = (f.value for f in by_channel[2])
     assert isinstance(declare_ok, commands.Queue.DeclareOk)

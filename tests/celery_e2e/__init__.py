@@ -1,0 +1,1 @@
+"""End-to-end tests: stock Celery and kombu, in real processes, against a Leveret subprocess."""
