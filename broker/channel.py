@@ -78,6 +78,7 @@ class Channel:
         self.publish_seq = 0
         self.confirmed_seq = 0  # highest sequence number already acked to the publisher
         self._confirm_nacks: list[int] = []  # refused publishes awaiting their nack
+        self._first_unsynced: int | None = None  # first publish still waiting for fsync
         self.tx_mode = False
         self.tx_publishes: list[tuple[Exchange, Message, bool]] = []
         self.tx_settlements: list[tuple[str, int, bool, bool]] = []
@@ -218,7 +219,7 @@ class Channel:
         publish, exchange, header = self._publish, self._exchange, self._header
         self._publish = self._exchange = self._header = None
         assert publish is not None and exchange is not None and header is not None
-        message = Message(publish.exchange, publish.routing_key, publish.route_raw, header, body)
+        message = Message(publish.route_raw, header, body)
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
         if self.tx_mode:
@@ -240,16 +241,32 @@ class Channel:
                 message, extra_keys = sender_selected(message)
             queues = vhost.route(exchange, message, extra_keys)
             if queues:
-                for queue in queues:
-                    if not queue.enqueue(message):
-                        refused = True
+                refused = vhost.enqueue_all(queues, message)
             elif mandatory:
                 self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
         if self.confirm_mode:
-            self.publish_seq += 1
+            seq = self.publish_seq = self.publish_seq + 1
             if refused:
-                self._confirm_nacks.append(self.publish_seq)
-            self.connection.confirms_ready(self)
+                self._confirm_nacks.append(seq)
+            if message.refs and vhost.store is not None and vhost.store.fsync:
+                if self._first_unsynced is None:  # confirm only once it is on disk
+                    self._first_unsynced = seq
+                vhost.store.when_synced(self)
+            else:
+                self.connection.confirms_ready(self)
+
+    def on_synced(self) -> None:
+        """The store fsynced everything this channel published so far."""
+        self._first_unsynced = None
+        self.connection.confirms_ready(self)
+
+    def on_sync_failed(self) -> None:
+        """The store could not write: publishes waiting on it are nacked."""
+        first = self._first_unsynced
+        if first is not None:
+            self._confirm_nacks.extend(range(first, self.publish_seq + 1))
+            self._first_unsynced = None
+        self.connection.confirms_ready(self)
 
     def send_return(self, code: int, text: str, message: Message) -> None:
         conn = self.connection
@@ -268,18 +285,19 @@ class Channel:
 
         Contiguous acks become one ``multiple`` ack; a refused publish gets its own nack.
         """
-        seq = self.publish_seq
+        seq = self.publish_seq if self._first_unsynced is None else self._first_unsynced - 1
         done = self.confirmed_seq
         if seq <= done:
             return
         number = self.number
-        for nacked in self._confirm_nacks:
+        nacks = [n for n in self._confirm_nacks if n <= seq]
+        self._confirm_nacks = [n for n in self._confirm_nacks if n > seq]
+        for nacked in sorted(nacks):
             if nacked - 1 > done:
                 out.append(method_frame(number, fastpath.ack_method(nacked - 1,
                                                                     nacked - 1 - done > 1)))
             out.append(method_frame(number, fastpath.nack_method(nacked, False)))
             done = nacked
-        self._confirm_nacks.clear()
         if seq > done:
             out.append(method_frame(number, fastpath.ack_method(seq, seq - done > 1)))
         self.confirmed_seq = seq
@@ -305,6 +323,10 @@ class Channel:
             if queue.consumer_timeout:
                 self._watch_timeout(tag, consumer, queue.consumer_timeout)
         message = entry.message
+        if message.body is None:  # held on disk only
+            self.vhost.store.load(message)
+        if message.refs and queue.persists:
+            queue.stored_delivery(message, consumer.no_ack)
         conn = self.connection
         fastpath.write_delivery(
             conn.out,
@@ -325,6 +347,10 @@ class Channel:
             self._unacked_order.append(tag)
             queue.unacked += 1
         message = entry.message
+        if message.body is None:  # held on disk only
+            self.vhost.store.load(message)
+        if message.refs and queue.persists:
+            queue.stored_delivery(message, no_ack)
         conn = self.connection
         fastpath.write_delivery(
             conn.out,
@@ -384,26 +410,26 @@ class Channel:
 
     def _settle(self, deliveries: list[Delivery], requeue: bool | None) -> None:
         """Finish deliveries: acked (requeue None), discarded (False) or requeued (True)."""
-        woken: dict[Queue, list[Entry]] = {}
+        by_queue: dict[Queue, list[Entry]] = {}
         for entry, queue, consumer in deliveries:
             queue.unacked -= 1
             if consumer is not None:
                 consumer.unacked -= 1
-            entries = woken.get(queue)
+            entries = by_queue.get(queue)
             if entries is None:
-                woken[queue] = entries = []
-            if requeue is not None:
+                by_queue[queue] = [entry]
+            else:
                 entries.append(entry)
-        for queue, entries in woken.items():
+        for queue, entries in by_queue.items():
             if queue.deleted:
                 continue
-            if not entries:
-                queue.wake()
+            if requeue is None:
+                queue.acked(entries)
             elif requeue:
                 queue.requeue(entries)
             else:
                 queue.reject(entries)
-                queue.wake()
+            queue.wake()
         if self.global_prefetch:
             for consumer in self.consumers.values():
                 consumer.queue.wake()

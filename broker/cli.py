@@ -12,6 +12,7 @@ from pathlib import Path
 from broker import __version__
 from broker.config import BrokerConfig
 from broker.server import Broker
+from broker.store import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=128 * 1024 * 1024,
         help="largest accepted message body in bytes",
     )
+    serve.add_argument("--no-fsync", dest="fsync", action="store_false",
+                       help="confirm persistent messages once written, without fsync "
+                            "(faster, like RabbitMQ; a machine crash can lose confirmed ones)")
+    serve.add_argument("--sync-interval", type=float, default=0.0, metavar="MS",
+                       help="group-commit window: one fsync per this many ms "
+                            "(default 0: one per event-loop iteration)")
+    serve.add_argument("--disk-free-limit", type=int, default=50_000_000, metavar="BYTES",
+                       help="block publishers while free disk space is below this "
+                            "(default 50 MB, as RabbitMQ)")
     serve.add_argument("--consumer-timeout", type=int, default=0, metavar="MS",
                        help="cancel a consumer that holds a delivery unacked this long, "
                             "requeueing its messages (default 0: off)")
@@ -83,10 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat=args.heartbeat,
         max_message_size=args.max_message_size,
         consumer_timeout=args.consumer_timeout / 1000 or None,
+        fsync=args.fsync,
+        sync_interval=args.sync_interval / 1000,
+        disk_free_limit=args.disk_free_limit,
     )
     loop_name = install_event_loop_policy()
     logging.getLogger("broker").debug("event loop: %s", loop_name)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StoreError as error:
+        logging.getLogger("broker").error("cannot start: %s", error)
+        return 1
     return 0
 
 

@@ -23,3 +23,7 @@ class BrokerConfig:
     close_timeout: float = 3.0  # how long to wait for close-ok after we sent close
     cluster_name: str = "leveret@localhost"
     consumer_timeout: float | None = None  # seconds a delivery may stay unacked; None = off
+    fsync: bool = True  # fsync before confirming persistent messages (group commit)
+    sync_interval: float = 0.0  # group-commit window in seconds; 0 = once per loop iteration
+    disk_free_limit: int = 50 * 1000 * 1000  # bytes; below it publishers are blocked
+    disk_check_interval: float = 2.0

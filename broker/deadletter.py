@@ -90,12 +90,16 @@ def dead_letter(queue: Queue, messages: Iterable[Message], reason: str) -> None:
     if exchange is None:
         return  # RabbitMQ drops dead letters to a missing exchange
     for message in messages:
+        if message.body is None and vhost.store is not None:
+            vhost.store.load(message)
         key = queue.dead_letter_routing_key
         if key is None:
             key = message.routing_key
         dead = with_death(message, queue, reason, exchange.name, key)
         deaths = dead.properties.headers.get("x-death") or []
-        for target in vhost.route(exchange, dead):
-            if reason != "rejected" and is_cycle(target.name, deaths):
-                continue
-            target.enqueue(dead)
+        targets = [
+            target for target in vhost.route(exchange, dead)
+            if reason == "rejected" or not is_cycle(target.name, deaths)
+        ]
+        if targets:
+            vhost.enqueue_all(targets, dead)

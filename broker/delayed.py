@@ -72,8 +72,7 @@ class DelayedMessages:
             _due, _n, exchange, message = heapq.heappop(heap)
             if vhost.exchanges.get(exchange.name) is not exchange:
                 continue  # the exchange was deleted meanwhile
-            for queue in vhost.route(exchange, message):
-                queue.enqueue(message)
+            vhost.enqueue_all(vhost.route(exchange, message), message)
         if heap:
             self._arm(heap[0][0])
 

@@ -16,20 +16,33 @@ from protocol import errors, fastpath
 
 
 class Message:
-    """One published message, shared by every queue it was routed to."""
+    """One published message, shared by every queue it was routed to.
 
-    __slots__ = ("_properties", "body", "exchange", "header", "route_raw", "routing_key", "ttl")
+    ``header`` and ``body`` are the bytes the publisher sent; ``body`` is None while a
+    stored message's body lives only on disk (the store reads it back for delivery).
+    """
 
-    def __init__(
-        self, exchange: str, routing_key: str, route_raw: bytes, header: bytes, body: bytes
-    ) -> None:
-        self.exchange = exchange
-        self.routing_key = routing_key
+    __slots__ = ("_properties", "body", "header", "msg_id", "refs", "route_raw", "ttl")
+
+    def __init__(self, route_raw: bytes, header: bytes, body: bytes | None) -> None:
         self.route_raw = route_raw  # exchange + routing key as raw shortstr bytes
         self.header = header  # the content header payload as the publisher sent it
         self.body = body
         self.ttl: int | None = None  # per-message TTL in ms (the expiration property)
+        self.msg_id: int | None = None  # position in the message store, once written
+        self.refs = 0  # durable queues the store keeps it for
         self._properties: commands.Basic.Properties | None = None
+
+    @property
+    def exchange(self) -> str:
+        raw = self.route_raw
+        return raw[1 : 1 + raw[0]].decode("utf-8")
+
+    @property
+    def routing_key(self) -> str:
+        raw = self.route_raw
+        start = 2 + raw[0]
+        return raw[start : start + raw[start - 1]].decode("utf-8")
 
     @property
     def properties(self) -> commands.Basic.Properties:
@@ -54,13 +67,8 @@ class Message:
 
     @property
     def persistent(self) -> bool:
-        if not fastpath.property_flags(self.header) & fastpath.FLAG_DELIVERY_MODE:
-            return False
-        return self.properties.delivery_mode == 2
-
-    @property
-    def size(self) -> int:
-        return len(self.body)
+        """delivery_mode 2, read straight from the header bytes."""
+        return fastpath.delivery_mode(self.header) == 2
 
     def derive(self, properties: commands.Basic.Properties, exchange: str | None = None,
                routing_key: str | None = None) -> Message:
@@ -70,7 +78,7 @@ class Message:
         header = ContentHeader(body_size=len(self.body), properties=properties).marshal()
         route = (self.route_raw if exchange == self.exchange and routing_key == self.routing_key
                  else fastpath.route_raw(exchange, routing_key))
-        copy = Message(exchange, routing_key, route, header, self.body)
+        copy = Message(route, header, self.body)
         copy._properties = properties
         copy.ttl = self.ttl if properties.expiration is not None else None
         return copy

@@ -79,6 +79,9 @@ class Queue:
         self._dispatcher = vhost.dispatcher
         self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
         self._limited = self.max_length is not None or self.max_length_bytes is not None
+        # Messages of a durable, shared queue are kept in the store (if the broker has one).
+        self.persists = durable and exclusive_owner is None and vhost.store is not None
+        self.store_key = (vhost.name, name)
         self._next_seq = 0
         self._rr = 0
         self._had_consumer = False
@@ -113,7 +116,7 @@ class Queue:
                 dead_letter(self, [message], "maxlen")
             return False
         self.ready.push(entry)
-        self.ready_bytes += len(message.body)
+        self.ready_bytes += _size(message)
         if self._limited:
             self._drop_head_over_limit()
         if entry.expires_at is not None:
@@ -126,7 +129,7 @@ class Queue:
         if self.max_length is not None and len(self.ready) >= self.max_length:
             return True
         limit = self.max_length_bytes
-        return limit is not None and self.ready_bytes + len(message.body) > limit
+        return limit is not None and self.ready_bytes + _size(message) > limit
 
     def _over_limit(self) -> bool:
         if self.max_length is not None and len(self.ready) > self.max_length:
@@ -139,10 +142,11 @@ class Queue:
             dropped.append(self._pop().message)
         if dropped:
             dead_letter(self, dropped, "maxlen")
+            self.forget(dropped)
 
     def _pop(self) -> Entry:
         entry = self.ready.pop()
-        self.ready_bytes -= len(entry.message.body)
+        self.ready_bytes -= _size(entry.message)
         return entry
 
     # -- messages out ---------------------------------------------------------------------
@@ -172,26 +176,71 @@ class Queue:
             batch.append(entry)
         if over_limit:
             dead_letter(self, over_limit, "delivery_limit")
+            self.forget(over_limit)
         if not batch:
             return
         self.ready.requeue(batch)
-        self.ready_bytes += sum(len(e.message.body) for e in batch)
+        self.ready_bytes += sum(_size(e.message) for e in batch)
         expiring = [e.expires_at for e in batch if e.expires_at is not None]
         if expiring:
             self._arm_ttl_timer(min(expiring))
         if self.consumers:
             self._dispatcher.mark(self)
 
-    def reject(self, entries: Iterable[Entry]) -> None:
+    def reject(self, entries: list[Entry]) -> None:
         """Settled without requeue (nack/reject): dead-letter with reason rejected."""
+        messages = [e.message for e in entries]
         if self.dead_letter_exchange is not None:
-            dead_letter(self, [e.message for e in entries], "rejected")
+            dead_letter(self, messages, "rejected")
+        self.forget(messages)
+
+    def acked(self, entries: list[Entry]) -> None:
+        """Deliveries from this queue were acknowledged."""
+        if self.persists:
+            self.forget([e.message for e in entries])
+
+    def forget(self, messages: Iterable[Message]) -> None:
+        """These messages left the queue for good: tell the store, for a durable queue."""
+        if not self.persists:
+            return
+        store = self.vhost.store
+        assert store is not None
+        key = self.store_key
+        for message in messages:
+            if message.refs:
+                store.remove(key, message)
+
+    def stored_delivery(self, message: Message, no_ack: bool) -> None:
+        """A stored message goes out: gone for good (no-ack) or marked as delivered."""
+        store = self.vhost.store
+        assert store is not None
+        if no_ack:
+            store.remove(self.store_key, message)
+        else:
+            store.delivered(self.store_key, message)
 
     def purge(self) -> int:
         count = len(self.ready)
         self.ready.clear()
         self.ready_bytes = 0
+        if self.persists:
+            assert self.vhost.store is not None
+            self.vhost.store.purge(self.store_key)
         return count
+
+    def restore(self, message: Message, redelivered: bool, published_ms: int,
+                now_ms: int) -> None:
+        """Put back a message recovered from the store, as it was before the restart."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        entry = Entry(seq, message, redelivered)
+        ttl = self.message_ttl
+        if message.ttl is not None and (ttl is None or message.ttl < ttl):
+            ttl = message.ttl
+        if ttl is not None:
+            entry.expires_at = self._loop.time() + (published_ms + ttl - now_ms) / 1000
+            self._arm_ttl_timer(entry.expires_at)
+        self.ready.push(entry)
 
     @property
     def message_count(self) -> int:
@@ -202,8 +251,10 @@ class Queue:
         """Drop (dead-letter, reason expired) every head whose time has come."""
         expired = self.ready.pop_expired(self._loop.time())
         if expired:
-            self.ready_bytes -= sum(len(e.message.body) for e in expired)
-            dead_letter(self, [e.message for e in expired], "expired")
+            messages = [e.message for e in expired]
+            self.ready_bytes -= sum(_size(m) for m in messages)
+            dead_letter(self, messages, "expired")
+            self.forget(messages)
         due = self.ready.next_expiry()
         if due is not None:
             self._arm_ttl_timer(due)
@@ -357,3 +408,11 @@ def _with_delivery_count(message: Message, count: int) -> Message:
     properties = copy_properties(message.properties)
     properties.headers["x-delivery-count"] = count
     return message.derive(properties)
+
+
+def _size(message: Message) -> int:
+    """Body size for length limits; a body held only on disk counts by its header's size."""
+    body = message.body
+    if body is not None:
+        return len(body)
+    return int.from_bytes(message.header[4:12], "big")

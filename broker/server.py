@@ -1,20 +1,28 @@
-"""The broker process: listener, vhosts, connections, and a clean shutdown."""
+"""The broker process: listener, vhosts, the message store, resource alarms, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
+import time
 
 from broker import __version__
 from broker.config import BrokerConfig
 from broker.connection import Connection
 from broker.dispatcher import Dispatcher
+from broker.message import Message, parse_expiration
+from broker.store import MessageStore
+from broker.store.store import Recovered
 from broker.vhost import VirtualHost
 from protocol import constants as c
+from protocol import errors, fastpath
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+DISK_ALARM = "low on disk"
 
 
 class Broker:
@@ -26,30 +34,98 @@ class Broker:
         self.connections: set[Connection] = set()
         self.vhosts: dict[str, VirtualHost] = {}
         self.blocked_reason: str | None = None
+        self.store: MessageStore | None = None
         self._server: asyncio.Server | None = None
+        self._disk_timer: asyncio.TimerHandle | None = None
         self.port = self.config.port
 
     async def start(self) -> None:
-        """Create the vhosts and start listening."""
+        """Open the data directory, recover durable state, and start listening."""
         self.loop = asyncio.get_running_loop()
+        config = self.config
         dispatcher = Dispatcher(self.loop)
-        for name in self.config.vhosts:
-            self.vhosts[name] = VirtualHost(name, dispatcher, self.config.consumer_timeout)
+        for name in config.vhosts:
+            self.vhosts[name] = VirtualHost(name, dispatcher, config.consumer_timeout)
+        if config.data_dir is not None:
+            self.store = MessageStore(
+                config.data_dir, self.loop, fsync=config.fsync,
+                sync_interval=config.sync_interval,
+            )
+            recovered = self.store.open()
+            for vhost in self.vhosts.values():
+                vhost.store = self.store
+            self._restore(recovered)
+            self.store.definitions_source = self.definitions
+            self._check_disk()
         self._server = await self.loop.create_server(
-            lambda: Connection(self),
-            self.config.host,
-            self.config.port,
-            backlog=1024,
+            lambda: Connection(self), config.host, config.port, backlog=1024,
         )
         sockets = self._server.sockets or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("Leveret %s listening on amqp://%s:%d", __version__, self.config.host, self.port)
+        log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
+                 config.host, self.port, config.data_dir or "none, nothing is kept")
+
+    def definitions(self) -> dict[str, object]:
+        return {"vhosts": {name: vhost.definitions() for name, vhost in self.vhosts.items()}}
+
+    def _restore(self, recovered: Recovered) -> None:
+        saved = recovered.definitions.get("vhosts", {})
+        for name, vhost in self.vhosts.items():
+            vhost.restore_definitions(saved.get(name, {}))
+        now_ms = int(time.time() * 1000)
+        count = 0
+        for found in recovered.messages:
+            message = Message(found.route_raw, found.header, None)
+            message.msg_id = found.msg_id
+            if fastpath.property_flags(found.header) & fastpath.FLAG_EXPIRATION:
+                with contextlib.suppress(errors.AMQPError):
+                    message.ttl = parse_expiration(message.properties.expiration)
+            for (vhost_name, queue_name), delivered in found.queues.items():
+                vhost = self.vhosts.get(vhost_name)
+                queue = vhost.queues.get(queue_name) if vhost else None
+                if queue is None or not queue.persists:
+                    continue
+                message.refs += 1
+                queue.restore(message, delivered, found.published_ms, now_ms)
+                count += 1
+            if message.refs < len(found.queues):  # its queue is gone: settle it in the log
+                for key in found.queues:
+                    vhost = self.vhosts.get(key[0])
+                    if vhost is None or key[1] not in vhost.queues:
+                        self.store.purge(key)  # type: ignore[union-attr]
+        if count:
+            log.info("restored %d queued messages", count)
+
+    # -- disk alarm -----------------------------------------------------------------------
+    def _check_disk(self) -> None:
+        """RabbitMQ's disk alarm: block publishers while free space is under the limit."""
+        assert self.config.data_dir is not None
+        try:
+            free = shutil.disk_usage(self.config.data_dir).free
+        except OSError:
+            free = None
+        store_failed = self.store is not None and self.store.failed
+        low = (free is not None and free < self.config.disk_free_limit) or bool(store_failed)
+        if low and self.blocked_reason is None:
+            log.warning("disk alarm: %s bytes free (limit %d)%s; blocking publishers", free,
+                        self.config.disk_free_limit,
+                        f", store write failed: {store_failed}" if store_failed else "")
+            self.block_publishers(DISK_ALARM)
+        elif not low and self.blocked_reason == DISK_ALARM:
+            log.info("disk alarm cleared; unblocking publishers")
+            self.unblock_publishers()
+        if store_failed and free is not None and free >= self.config.disk_free_limit:
+            self.store.failed = None  # type: ignore[union-attr]  # space is back: retry
+        self._disk_timer = self.loop.call_later(self.config.disk_check_interval,
+                                                self._check_disk)
 
     async def stop(self) -> None:
-        """Stop accepting, close every client with 320 CONNECTION_FORCED, and wait briefly."""
+        """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
         if self._server is not None:
             self._server.close()
+        if self._disk_timer is not None:
+            self._disk_timer.cancel()
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout
@@ -60,6 +136,10 @@ class Broker:
                 connection.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        for vhost in self.vhosts.values():
+            vhost.delayed.cancel_all()
+        if self.store is not None:
+            self.store.close()
         log.info("Leveret stopped")
 
     def block_publishers(self, reason: str) -> None:
@@ -72,6 +152,3 @@ class Broker:
         self.blocked_reason = None
         for connection in self.connections:
             connection.unblock()
-
-
-__all__ = ["Broker", "BrokerConfig"]

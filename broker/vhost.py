@@ -16,12 +16,14 @@ from broker.direct_reply import REPLY_PREFIX
 from broker.exchange import BUILTIN_TYPES, DELAYED_TYPE, Exchange
 from broker.queue import Queue
 from broker.routing import freeze
+from broker.store.definitions import decode_table, encode_table
 from protocol import errors
 
 if TYPE_CHECKING:
     from broker.connection import Connection
     from broker.dispatcher import Dispatcher
     from broker.message import Message
+    from broker.store import MessageStore
 
 PREDECLARED = (
     ("amq.direct", "direct"),
@@ -45,6 +47,7 @@ class VirtualHost:
         self.dispatcher = dispatcher
         self.consumer_timeout = consumer_timeout  # seconds; None = off (the default)
         self.delayed = DelayedMessages(self)
+        self.store: MessageStore | None = None  # set by the broker when it has a data dir
         self.exchanges: dict[str, Exchange] = {"": Exchange("", "direct")}
         for ex_name, ex_type in PREDECLARED:
             self.exchanges[ex_name] = Exchange(ex_name, ex_type)
@@ -113,6 +116,8 @@ class VirtualHost:
             arguments=arguments,
         )
         self.exchanges[name] = exchange
+        if durable:
+            self.definitions_changed()
         return exchange
 
     def _check_equivalent_exchange(
@@ -149,6 +154,8 @@ class VirtualHost:
         self._remove_exchange(exchange)
 
     def _remove_exchange(self, exchange: Exchange) -> None:
+        if exchange.durable:
+            self.definitions_changed()
         self.exchanges.pop(exchange.name, None)
         for ident, args in list(exchange.table.bindings.items()):
             self._unlink(exchange, ident[0], ident[1], args)
@@ -216,6 +223,8 @@ class VirtualHost:
             arguments=arguments,
         )
         self.queues[name] = queue
+        if queue.persists:
+            self.definitions_changed()
         return queue
 
     def _check_quorum(self, name: str, durable: bool, exclusive: bool, auto_delete: bool,
@@ -255,6 +264,10 @@ class VirtualHost:
             return 0
         queue.deleted = True
         queue.stop_timers()
+        if queue.persists:
+            self.definitions_changed()
+            assert self.store is not None
+            self.store.purge(queue.store_key)
         count = queue.message_count
         self.queues.pop(queue.name, None)
         self.reply_queues.pop(queue.name, None)
@@ -268,6 +281,52 @@ class VirtualHost:
         for hook in self.on_queue_deleted:
             hook(queue)
         return count
+
+    # -- durable definitions ---------------------------------------------------------------
+    def definitions_changed(self) -> None:
+        if self.store is not None:
+            self.store.definitions_changed()
+
+    def definitions(self) -> dict[str, Any]:
+        """The durable exchanges, queues and bindings, as the store keeps them."""
+        exchanges = [
+            {"name": ex.name, "type": ex.type, "auto_delete": ex.auto_delete,
+             "internal": ex.internal, "arguments": encode_table(ex.arguments)}
+            for ex in self.exchanges.values()
+            if ex.durable and ex.name and not ex.name.startswith("amq.")
+        ]
+        queues = [
+            {"name": q.name, "auto_delete": q.auto_delete, "arguments": encode_table(q.arguments)}
+            for q in self.queues.values() if q.persists
+        ]
+        bindings = []
+        for source in self.exchanges.values():
+            for (dest, key, _frozen), args in source.table.bindings.items():
+                if _durable_binding(source, dest):
+                    bindings.append({
+                        "source": source.name, "destination": dest.name, "routing_key": key,
+                        "destination_type": "exchange" if isinstance(dest, Exchange) else "queue",
+                        "arguments": encode_table(args),
+                    })
+        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+    def restore_definitions(self, saved: dict[str, Any]) -> None:
+        """Recreate durable exchanges, queues and bindings read from the store."""
+        for ex in saved.get("exchanges", []):
+            self.exchanges[ex["name"]] = Exchange(
+                ex["name"], ex["type"], durable=True, auto_delete=ex["auto_delete"],
+                internal=ex["internal"], arguments=decode_table(ex["arguments"]))
+        for q in saved.get("queues", []):
+            self.queues[q["name"]] = Queue(q["name"], self, durable=True,
+                                           auto_delete=q["auto_delete"],
+                                           arguments=decode_table(q["arguments"]))
+        for b in saved.get("bindings", []):
+            source = self.exchanges.get(b["source"])
+            dest: Queue | Exchange | None = (
+                self.exchanges.get(b["destination"]) if b["destination_type"] == "exchange"
+                else self.queues.get(b["destination"]))
+            if source is not None and dest is not None:
+                self.bind(source, dest, b["routing_key"], decode_table(b["arguments"]))
 
     def connection_closed(self, connection: Connection) -> None:
         """Exclusive queues go with the connection that owns them."""
@@ -284,6 +343,8 @@ class VirtualHost:
         if not source.table.add(dest, key, arguments):
             return
         link = (source, key, freeze(arguments))
+        if _durable_binding(source, dest):
+            self.definitions_changed()
         if isinstance(dest, Exchange):
             source.exchange_destinations += 1
             dest.bound_as_destination.add(link)
@@ -307,6 +368,8 @@ class VirtualHost:
     def _unlink(self, source: Exchange, dest: Any, key: str, arguments: dict[str, Any]) -> bool:
         if not source.table.remove(dest, key, arguments):
             return False
+        if _durable_binding(source, dest):
+            self.definitions_changed()
         link = (source, key, freeze(arguments))
         if isinstance(dest, Exchange):
             source.exchange_destinations -= 1
@@ -334,6 +397,23 @@ class VirtualHost:
                 and len(keys) == 1):
             return list(exchange.table.route(key, _headers_of(message)))
         return list(self._route_graph(exchange, message, keys))
+
+    def enqueue_all(self, queues: list[Queue], message: Message) -> bool:
+        """Put ``message`` in each queue (storing it for the durable ones when persistent).
+
+        Returns True when some queue refused it (x-overflow reject-publish).
+        """
+        refused = False
+        durable: list[tuple[str, str]] = []
+        for queue in queues:
+            if queue.enqueue(message):
+                if queue.persists:
+                    durable.append(queue.store_key)
+            else:
+                refused = True
+        if durable and self.store is not None and message.persistent:
+            self.store.publish(message, durable)
+        return refused
 
     def _route_graph(self, exchange: Exchange, message: Message,
                      keys: list[str]) -> dict[Queue, None]:
@@ -392,3 +472,10 @@ def _check_x_match(arguments: dict[str, Any]) -> None:
             f'Invalid x-match field value <<"{mode}">>; '
             "expected all, any, all-with-x, or any-with-x"
         )
+
+
+def _durable_binding(source: Exchange, dest: Queue | Exchange) -> bool:
+    """A binding survives a restart when both of its ends do."""
+    if not source.durable or not source.name:
+        return False
+    return dest.durable if isinstance(dest, Exchange) else dest.persists

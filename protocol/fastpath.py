@@ -151,6 +151,24 @@ def property_flags(header_payload: bytes) -> int:
     return (header_payload[12] << 8) | header_payload[13]
 
 
+def delivery_mode(header_payload: bytes) -> int:
+    """The delivery_mode property (0 when absent), without decoding the other properties."""
+    flags = property_flags(header_payload)
+    if not flags & FLAG_DELIVERY_MODE:
+        return 0
+    try:
+        at = 14
+        if flags & 0x8000:  # content_type, shortstr
+            at += 1 + header_payload[at]
+        if flags & 0x4000:  # content_encoding, shortstr
+            at += 1 + header_payload[at]
+        if flags & FLAG_HEADERS:  # headers, table with a 4-byte length
+            at += 4 + _L.unpack_from(header_payload, at)[0]
+        return header_payload[at]
+    except (IndexError, struct.error):
+        return 0
+
+
 def content_class(header_payload: bytes) -> int:
     """class_id of a content header payload (must be basic, 60)."""
     return _H.unpack_from(header_payload)[0]

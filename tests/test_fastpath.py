@@ -85,3 +85,18 @@ def test_reply_names_pamqp_refuses_encode() -> None:
         payload = encode_method(make(commands.Queue.DeclareOk, queue=name, message_count=1,
                                      consumer_count=2))
         assert decode_method(payload).queue == name
+
+
+@given(st.one_of(st.none(), st.sampled_from([1, 2])), st.one_of(st.none(), st.text(max_size=20)),
+       st.one_of(st.none(), st.text(max_size=20)),
+       st.one_of(st.none(), st.dictionaries(st.text(max_size=8), st.integers(0, 9), max_size=3)),
+       st.one_of(st.none(), st.integers(0, 9)))
+def test_delivery_mode_read_from_raw_header(mode, content_type, encoding, headers, priority):
+    from pamqp.header import ContentHeader
+
+    properties = commands.Basic.Properties(
+        content_type=content_type, content_encoding=encoding, headers=headers,
+        delivery_mode=mode, priority=priority,
+    )
+    raw = ContentHeader(body_size=3, properties=properties).marshal()
+    assert fastpath.delivery_mode(raw) == (mode or 0)

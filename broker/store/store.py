@@ -1,0 +1,363 @@
+"""MessageStore: the broker's durable state, with group commit and crash recovery.
+
+Persistent messages routed to durable queues are appended to the log once (whatever the
+number of queues), their removals (ack, reject, expiry, drop) recorded per queue. Writes
+from one event-loop iteration are written and fsynced together (group commit), then the
+publisher confirms that waited on them go out. A message published and settled inside one
+batch is never written at all. Bodies of durable messages beyond a resident budget are
+dropped from memory once on disk and read back when delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from broker.store import definitions, records
+from broker.store.records import QueueKey
+from broker.store.segments import SegmentLog
+
+if TYPE_CHECKING:
+    from broker.message import Message
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FORMAT_TEXT = f"leveret-store {FORMAT_VERSION}\n"
+
+
+class StoreError(Exception):
+    """The data directory cannot be used (locked, wrong format version, unreadable)."""
+
+
+@dataclass
+class RecoveredMessage:
+    """A message found in the log at start-up, not yet settled in ``queues``."""
+
+    msg_id: int
+    published_ms: int
+    route_raw: bytes
+    header: bytes
+    queues: dict[QueueKey, bool] = field(default_factory=dict)  # queue -> was delivered
+
+
+@dataclass
+class Recovered:
+    definitions: dict[str, Any]
+    messages: list[RecoveredMessage]  # in publish order
+    corrupt_records: int = 0
+    truncated_bytes: int = 0
+
+
+class MessageStore:
+    """Durable definitions and persistent messages in a data directory."""
+
+    def __init__(self, data_dir: Path, loop: asyncio.AbstractEventLoop, *, fsync: bool = True,
+                 sync_interval: float = 0.0, resident_budget: int = 64 * 1024 * 1024,
+                 segment_limit: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.loop = loop
+        self.fsync = fsync
+        self.sync_interval = sync_interval
+        self.resident_budget = resident_budget
+        self._segment_limit = segment_limit
+        self.log: SegmentLog | None = None
+        self._lock_fd = -1
+        self._pending: dict[Message, list[QueueKey]] = {}  # published, not yet written
+        self._removes: dict[QueueKey, list[Message]] = {}
+        self._delivered: dict[QueueKey, list[Message]] = {}
+        self._purges: list[QueueKey] = []
+        self._sync_waiters: dict[Any, None] = {}  # objects with on_synced()
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._live: dict[int, int] = {}  # segment -> queue references still live
+        self.resident_bytes = 0
+        self.definitions_source: Callable[[], dict[str, Any]] | None = None
+        self._definitions_dirty = False
+        self.failed: str | None = None  # set when a write failed (e.g. disk full)
+
+    # -- opening and recovery -------------------------------------------------------------
+    def open(self) -> Recovered:
+        """Lock the directory, check its format, and read back what it holds."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        self._check_format()
+        self.log = SegmentLog(self.data_dir / "segments", **(
+            {"segment_limit": self._segment_limit} if self._segment_limit else {}))
+        recovered = self._recover()
+        self.log.open_for_append()
+        return recovered
+
+    def _lock(self) -> None:
+        path = self.data_dir / "LOCK"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"data directory {self.data_dir} is in use by another Leveret (pid {holder}); "
+                "two brokers cannot share a data directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _check_format(self) -> None:
+        path = self.data_dir / "FORMAT"
+        if not path.exists():
+            if any((self.data_dir / name).exists() for name in ("segments", "definitions.json")):
+                raise StoreError(
+                    f"data directory {self.data_dir} has no FORMAT file: it was written by an "
+                    "unknown or older version of Leveret and cannot be read"
+                )
+            path.write_text(FORMAT_TEXT)
+            return
+        text = path.read_text()
+        if text != FORMAT_TEXT:
+            raise StoreError(
+                f"data directory {self.data_dir} holds store format {text.strip()!r}; this "
+                f"Leveret reads {FORMAT_TEXT.strip()!r} only. Move it away or use an "
+                "older Leveret to drain it"
+            )
+
+    def _recover(self) -> Recovered:
+        assert self.log is not None
+        started = time.monotonic()
+        result = Recovered(definitions.read(self.data_dir / "definitions.json"), [])
+        messages: dict[int, RecoveredMessage] = {}
+        in_queue: dict[QueueKey, dict[int, None]] = {}
+        for number in list(self.log.numbers):
+            path = self.log.directory / f"{number:08d}.log"
+            data = path.read_bytes()
+            good_end = 0
+            for offset, body, end in records.scan(data):
+                good_end = end
+                if body is None:
+                    result.corrupt_records += 1
+                    log.warning("skipping a corrupt record at %s:%d", path.name, offset)
+                    continue
+                try:
+                    self._replay(number, offset, body, messages, in_queue)
+                except records.CorruptRecord as error:
+                    result.corrupt_records += 1
+                    log.warning("skipping an unreadable record at %s:%d: %s",
+                                path.name, offset, error)
+            if good_end < len(data):
+                result.truncated_bytes += len(data) - good_end
+                log.warning("cutting off a torn tail of %d bytes in %s (a crash mid-write)",
+                            len(data) - good_end, path.name)
+                self.log.truncate(number, good_end)
+        for message in messages.values():
+            message.queues = {q: d for q, d in message.queues.items()
+                              if message.msg_id in in_queue.get(q, {})}
+        result.messages = [m for m in messages.values() if m.queues]
+        for message in result.messages:
+            segment = message.msg_id >> records.SEGMENT_SHIFT
+            self._live[segment] = self._live.get(segment, 0) + len(message.queues)
+        log.info("recovered %d messages from %d segment(s) in %.2fs", len(result.messages),
+                 len(self.log.numbers), time.monotonic() - started)
+        return result
+
+    def _replay(self, number: int, offset: int, body: bytes,
+                messages: dict[int, RecoveredMessage],
+                in_queue: dict[QueueKey, dict[int, None]]
+                ) -> None:
+        kind = body[0]
+        if kind == records.PUBLISH:
+            published = records.parse_publish(body)
+            msg_id = (number << records.SEGMENT_SHIFT) | offset
+            message = RecoveredMessage(msg_id, published.published_ms, published.route_raw,
+                                       published.header)
+            for queue in published.queues:
+                message.queues[queue] = False
+                in_queue.setdefault(queue, {})[msg_id] = None
+            messages[msg_id] = message
+        elif kind == records.REMOVE:
+            queue, ids = records.parse_id_list(body)
+            held = in_queue.get(queue)
+            if held:
+                for msg_id in ids:
+                    held.pop(msg_id, None)
+        elif kind == records.DELIVERED:
+            queue, ids = records.parse_id_list(body)
+            for msg_id in ids:
+                found = messages.get(msg_id)
+                if found is not None and queue in found.queues:
+                    found.queues[queue] = True
+        elif kind == records.PURGE:
+            in_queue.pop(records.parse_purge(body), None)
+        else:
+            raise records.CorruptRecord(f"unknown record type {kind}")
+
+    # -- definitions ----------------------------------------------------------------------
+    def definitions_changed(self) -> None:
+        """Durable definitions changed: rewrite the file in this loop iteration's flush."""
+        self._definitions_dirty = True
+        self._schedule()
+
+    def _write_definitions(self) -> None:
+        self._definitions_dirty = False
+        if self.definitions_source is not None:
+            definitions.write_atomically(self.data_dir / "definitions.json",
+                                         self.definitions_source())
+
+    # -- messages -------------------------------------------------------------------------
+    def publish(self, message: Message, queues: list[QueueKey]) -> None:
+        """Store a persistent message for these durable queues (written at the next flush)."""
+        message.refs = len(queues)
+        self._pending[message] = list(queues)
+        self.resident_bytes += len(message.body) + len(message.header)
+        self._schedule()
+
+    def remove(self, queue: QueueKey, message: Message) -> None:
+        """``message`` left durable ``queue`` for good (ack, reject, expiry, drop...)."""
+        pending = self._pending.get(message)
+        if pending is not None:
+            pending.remove(queue)
+            if not pending:
+                del self._pending[message]
+        elif message.msg_id is not None:
+            self._removes.setdefault(queue, []).append(message)
+            self._live[message.msg_id >> records.SEGMENT_SHIFT] -= 1
+            self._schedule()
+        message.refs -= 1
+        if message.refs == 0 and message.body is not None:
+            self.resident_bytes -= len(message.body) + len(message.header or b"")
+
+    def delivered(self, queue: QueueKey, message: Message) -> None:
+        """``message`` was handed to an acknowledging consumer (for redelivered at restart)."""
+        self._delivered.setdefault(queue, []).append(message)
+        self._schedule()
+
+    def purge(self, queue: QueueKey) -> None:
+        """Every message of ``queue`` so far is gone (purge, or the queue was deleted)."""
+        for message, queues in list(self._pending.items()):
+            if queue in queues:
+                queues.remove(queue)
+                message.refs -= 1
+                if not queues:
+                    del self._pending[message]
+        self._removes.pop(queue, None)
+        self._delivered.pop(queue, None)
+        self._purges.append(queue)
+        self._schedule()
+
+    def load(self, message: Message) -> None:
+        """Read back a message whose header and body were dropped from memory."""
+        assert self.log is not None and message.msg_id is not None
+        published = records.parse_publish(self.log.read(message.msg_id))
+        message.header = published.header
+        message.body = published.body
+        self.resident_bytes += len(published.body) + len(published.header)
+
+    def when_synced(self, waiter: Any) -> None:
+        """Call ``waiter.on_synced()`` once everything stored so far is on disk."""
+        self._sync_waiters[waiter] = None
+        self._schedule()
+
+    # -- group commit ---------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if self._flush_handle is None:
+            if self.sync_interval > 0:
+                self._flush_handle = self.loop.call_later(self.sync_interval, self.flush)
+            else:
+                self._flush_handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what this iteration produced, fsync once, then release the waiters."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._definitions_dirty:
+            self._write_definitions()
+        assert self.log is not None
+        written: list[Message] = []
+        parts: list[bytes] = []
+        if self._pending or self._removes or self._delivered or self._purges:
+            self.log.roll_if_full()
+            position = self.log.position()
+            parts = [records.purge(queue) for queue in self._purges]
+            position += sum(len(p) for p in parts)
+            now_ms = int(time.time() * 1000)
+            segment = position >> records.SEGMENT_SHIFT
+            for message, queues in self._pending.items():
+                message.msg_id = position
+                record = records.publish(position, now_ms, message.route_raw, message.header,
+                                         message.body, queues)
+                parts.append(record)
+                position += len(record)
+                self._live[segment] = self._live.get(segment, 0) + len(queues)
+                written.append(message)
+            for kind, lists in ((records.REMOVE, self._removes),
+                                (records.DELIVERED, self._delivered)):
+                for queue, messages in lists.items():
+                    ids = [m.msg_id for m in messages if m.msg_id is not None]
+                    if ids:
+                        parts.append(records.id_list(kind, queue, ids))
+            self._pending.clear()
+            self._removes.clear()
+            self._delivered.clear()
+            self._purges.clear()
+        try:
+            if parts:
+                self.log.append(b"".join(parts))
+            if self.fsync and (parts or self._sync_waiters):
+                self.log.sync()
+        except OSError as error:
+            self._write_failed(error, written)
+            return
+        waiters, self._sync_waiters = self._sync_waiters, {}
+        for waiter in waiters:
+            waiter.on_synced()
+        if self.resident_bytes > self.resident_budget:
+            self._evict(written)
+        self._drop_dead_segments()
+
+    def _write_failed(self, error: OSError, written: list[Message]) -> None:
+        self.failed = f"{type(error).__name__}: {error}"
+        log.error("message store write failed (%s); publishers are blocked and the "
+                  "unwritten publishes are not confirmed", self.failed)
+        for message in written:
+            message.msg_id = None
+        waiters, self._sync_waiters = self._sync_waiters, {}
+        for waiter in waiters:
+            waiter.on_sync_failed()
+
+    def _evict(self, written: list[Message]) -> None:
+        """Drop bodies of just-written messages from memory while over the budget."""
+        for message in reversed(written):
+            if self.resident_bytes <= self.resident_budget:
+                return
+            if message.refs > 0 and message.body is not None:
+                self.resident_bytes -= len(message.body) + len(message.header)
+                message.body = None
+                message.header = None
+
+    def _drop_dead_segments(self) -> None:
+        assert self.log is not None
+        numbers = self.log.numbers
+        while len(numbers) > 1 and numbers[0] != self.log.current and not self._live.get(
+                numbers[0]):
+            number = numbers[0]
+            self._live.pop(number, None)
+            self.log.delete(number)
+            log.debug("deleted fully acknowledged segment %d", number)
+
+    def close(self) -> None:
+        """Flush everything and release the directory."""
+        if self.log is not None:
+            self.flush()
+            self.log.close()
+            self.log = None
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
