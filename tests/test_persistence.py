@@ -1,0 +1,351 @@
+"""Persistence and crash safety: a subprocess broker killed with SIGKILL keeps its promises.
+
+Every message the broker confirmed is there after a restart, exactly once; unacked ones come
+back flagged redelivered; transient messages and non-durable queues are gone; durable
+bindings route again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from pika.exceptions import AMQPError
+
+pytestmark = [pytest.mark.leveret_only, pytest.mark.integration]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BrokerProcess:
+    """A Leveret subprocess on a fixed port and data directory, restartable."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra,
+            ],
+            stderr=open(self.log, "ab"),
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"broker exited: {self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("broker did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)
+
+    def connect(self) -> pika.BlockingConnection:
+        params = pika.ConnectionParameters(
+            "127.0.0.1",
+            self.port,
+            socket_timeout=10,
+            blocked_connection_timeout=10,
+            connection_attempts=3,
+            retry_delay=0.2,
+        )
+        return pika.BlockingConnection(params)
+
+
+@pytest.fixture
+def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(tmp_path / "data")
+    process.start()
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.process.kill()
+        process.process.wait()
+
+
+def _drain(channel, queue: str) -> list[tuple[bytes, bool]]:
+    got = []
+    while True:
+        method, _props, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return got
+        got.append((body, method.redelivered))
+
+
+def _publish_until_killed(broker: BrokerProcess, queue: str, kill_after: float) -> set[bytes]:
+    """Publish persistent messages with confirms; SIGKILL the broker meanwhile.
+
+    Returns the bodies the broker confirmed before it died.
+    """
+    confirmed: set[bytes] = set()
+    killer = threading.Timer(kill_after, broker.kill)
+    conn = broker.connect()
+    channel = conn.channel()
+    channel.queue_declare(queue, durable=True)
+    channel.confirm_delivery()
+    killer.start()
+    try:
+        for number in range(1_000_000):
+            body = f"m{number}".encode()
+            channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+            confirmed.add(body)  # basic_publish returned: the broker confirmed it
+    except (AMQPError, OSError):
+        pass
+    finally:
+        killer.join()
+    return confirmed
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_confirmed_messages_survive_sigkill(broker_process: BrokerProcess, seed: int) -> None:
+    """Kill at a random moment while publishing: every confirmed message is there once."""
+    kill_after = random.Random(seed).uniform(0.2, 1.2)
+    confirmed = _publish_until_killed(broker_process, "durable-q", kill_after)
+    assert confirmed, "nothing was confirmed before the kill"
+    broker_process.start()
+    conn = broker_process.connect()
+    bodies = [body for body, _ in _drain(conn.channel(), "durable-q")]
+    conn.close()
+    assert len(bodies) == len(set(bodies)), "a message came back twice"
+    assert confirmed <= set(bodies), f"lost {len(confirmed - set(bodies))} confirmed messages"
+    # What came back is in publish order.
+    numbers = [int(b[1:]) for b in bodies]
+    assert numbers == sorted(numbers)
+
+
+def test_restart_keeps_exactly_the_durable_state(broker_process: BrokerProcess) -> None:
+    conn = broker_process.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("dx", "topic", durable=True)
+    ch.exchange_declare("tx", "topic", durable=False)
+    ch.queue_declare("dq", durable=True, arguments={"x-max-priority": 5})
+    ch.queue_declare("tq", durable=False)
+    ch.queue_declare("exq", durable=True, exclusive=True)
+    ch.queue_bind("dq", "dx", "a.#")
+    ch.queue_bind("tq", "dx", "a.#")
+    for index in range(5):
+        ch.basic_publish(
+            "dx",
+            "a.b",
+            f"p{index}".encode(),
+            pika.BasicProperties(delivery_mode=2, priority=index % 3),
+        )
+    ch.basic_publish("dx", "a.b", b"transient", pika.BasicProperties(delivery_mode=1))
+    held = [ch.basic_get("dq") for _ in range(2)]  # unacked at the crash
+    assert all(method is not None for method, _, _ in held)
+    ch.basic_ack(held[0][0].delivery_tag)
+    ch.queue_declare("dq", passive=True)  # a round trip: the ack has been processed
+    broker_process.kill()
+
+    broker_process.start()
+    conn = broker_process.connect()
+    ch = conn.channel()
+    ch.exchange_declare("dx", passive=True)
+    for gone in ("tx", "tq", "exq"):
+        probe = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as missing:
+            if gone == "tx":
+                probe.exchange_declare(gone, passive=True)
+            else:
+                probe.queue_declare(gone, passive=True)
+        assert missing.value.reply_code == 404
+    got = _drain(ch, "dq")
+    acked_body = held[0][2]
+    unacked_body = held[1][2]
+    bodies = [body for body, _ in got]
+    assert acked_body not in bodies and b"transient" not in bodies
+    assert sorted(bodies) == sorted({b"p0", b"p1", b"p2", b"p3", b"p4"} - {acked_body})
+    assert (unacked_body, True) in got  # the unacked one is flagged redelivered
+    assert all(not redelivered for body, redelivered in got if body != unacked_body)
+    # priorities still order the recovered queue
+    priorities = {b"p0": 0, b"p1": 1, b"p2": 2, b"p3": 0, b"p4": 1}
+    assert [priorities[b] for b in bodies] == sorted((priorities[b] for b in bodies), reverse=True)
+    ch.basic_publish("dx", "a.c", b"again", pika.BasicProperties(delivery_mode=2))
+    assert ch.basic_get("dq", auto_ack=True)[2] == b"again"  # the durable binding routes
+    conn.close()
+    assert broker_process.stop() == 0
+
+
+def test_sigterm_flushes_everything(broker_process: BrokerProcess) -> None:
+    conn = broker_process.connect()
+    ch = conn.channel()
+    ch.queue_declare("q", durable=True)
+    for index in range(300):  # no confirms: the flush at shutdown must still keep them
+        ch.basic_publish("", "q", f"n{index}".encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    assert broker_process.stop() == 0
+    broker_process.start()
+    conn = broker_process.connect()
+    assert [b for b, _ in _drain(conn.channel(), "q")] == [f"n{i}".encode() for i in range(300)]
+    conn.close()
+
+
+def test_acked_segments_are_deleted(tmp_path: Path) -> None:
+    """Segments are removed once everything in them and before them is acknowledged."""
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(data_dir=tmp_path / "d") as embedded:
+        embedded.broker.store.log.segment_limit = 64 * 1024  # roll often
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.queue_declare("seg", durable=True)
+        ch.confirm_delivery()
+        for _ in range(200):
+            ch.basic_publish("", "seg", b"x" * 2000, pika.BasicProperties(delivery_mode=2))
+        segments = tmp_path / "d" / "segments"
+        assert len(list(segments.glob("*.log"))) > 3
+        for _ in range(200):
+            method, _, _ = ch.basic_get("seg")
+            ch.basic_ack(method.delivery_tag)
+        ch.basic_publish("", "seg", b"last", pika.BasicProperties(delivery_mode=2))
+        assert len(list(segments.glob("*.log"))) <= 2
+        conn.close()
+
+
+def _write_messages(data_dir: Path, count: int) -> None:
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(data_dir=data_dir) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        for index in range(count):
+            ch.basic_publish(
+                "", "q", f"body-{index:04d}".encode(), pika.BasicProperties(delivery_mode=2)
+            )
+        conn.close()
+
+
+def _read_messages(data_dir: Path) -> list[bytes]:
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(data_dir=data_dir) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        bodies = [b for b, _ in _drain(conn.channel(), "q")]
+        conn.close()
+    return bodies
+
+
+def _segment(data_dir: Path) -> Path:
+    return sorted((data_dir / "segments").glob("*.log"))[-1]
+
+
+def test_torn_tail_is_cut_off(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    _write_messages(data, 20)
+    segment = _segment(data)
+    size = segment.stat().st_size
+    with open(segment, "r+b") as handle:  # a crash in the middle of the last record
+        handle.truncate(size - 5)
+    bodies = _read_messages(data)
+    assert bodies == [f"body-{i:04d}".encode() for i in range(19)]
+    assert _read_messages(data) == []  # and the store is healthy afterwards
+
+
+def test_bit_flip_loses_only_that_record(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    _write_messages(data, 20)
+    segment = _segment(data)
+    raw = bytearray(segment.read_bytes())
+    position = raw.index(b"body-0007")
+    raw[position + 3] ^= 0x40
+    segment.write_bytes(bytes(raw))
+    bodies = _read_messages(data)
+    assert bodies == [f"body-{i:04d}".encode() for i in range(20) if i != 7]
+
+
+def test_other_format_version_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "FORMAT").write_text("leveret-store 0\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--port", "0", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "store format 'leveret-store 0'" in result.stderr
+
+
+def test_two_brokers_cannot_share_a_data_dir(broker_process: BrokerProcess) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(broker_process.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "in use by another Leveret" in result.stderr
+
+
+def test_confirms_wait_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A persistent publish is confirmed only after an fsync of the log."""
+    from broker.embedded import EmbeddedBroker
+    from broker.store import segments
+
+    synced: list[float] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        segments.os, "fsync", lambda fd: (synced.append(time.monotonic()), real_fsync(fd))[1]
+    )
+    with EmbeddedBroker(data_dir=tmp_path / "d") as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        before = len(synced)
+        ch.basic_publish("", "q", b"persistent", pika.BasicProperties(delivery_mode=2))
+        assert len(synced) > before
+        transient_before = len(synced)
+        ch.basic_publish("", "q", b"transient", pika.BasicProperties(delivery_mode=1))
+        assert len(synced) == transient_before  # transient messages need no fsync
+        conn.close()
