@@ -42,7 +42,13 @@ class BrokerProcess:
         self.log = data_dir.parent / f"{data_dir.name}.log"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        with open(self.log, "ab") as log_file:  # the child keeps its own copy of the fd
+            self.process = self._spawn(log_file)
+        deadline = time.monotonic() + 60
+        self._wait_listening(deadline)
+
+    def _spawn(self, log_file) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -54,10 +60,12 @@ class BrokerProcess:
                 str(self.data_dir),
                 *self.extra,
             ],
-            stderr=open(self.log, "ab"),
+            stderr=log_file,
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
+
+    def _wait_listening(self, deadline: float) -> None:
+        assert self.process is not None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"broker exited: {self.log.read_text()[-2000:]}")

@@ -297,6 +297,10 @@ def close_app(app: Any) -> None:
     if connection is not None:
         with contextlib.suppress(Exception):  # already broken: the broker went away
             connection.close()
+    producers = app.amqp.__dict__.get("_producer_pool")
+    if producers is not None:  # kombu's global pool of connections for this broker URL
+        with contextlib.suppress(Exception):
+            producers.connections.force_close_all()
     app.close()
 
 
