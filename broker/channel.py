@@ -242,6 +242,9 @@ class Channel:
             queues = vhost.route(exchange, message, extra_keys)
             if queues:
                 refused = vhost.enqueue_all(queues, message)
+                for queue in queues:  # flow control: let consumers catch up
+                    if queue.consumers and len(queue.ready) > queue.flow_high:
+                        self.connection.throttle(queue)
             elif mandatory:
                 self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
         if self.confirm_mode:

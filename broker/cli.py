@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from broker import __version__
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, physical_memory
 from broker.server import Broker
 from broker.store import StoreError
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--disk-free-limit", type=int, default=50_000_000, metavar="BYTES",
                        help="block publishers while free disk space is below this "
                             "(default 50 MB, as RabbitMQ)")
+    serve.add_argument("--memory-high-watermark", type=float, default=0.4, metavar="FRACTION",
+                       help="block publishers while resident memory is above this fraction "
+                            "of the machine's RAM (default 0.4, as RabbitMQ; 0 disables)")
     serve.add_argument("--consumer-timeout", type=int, default=0, metavar="MS",
                        help="cancel a consumer that holds a delivery unacked this long, "
                             "requeueing its messages (default 0: off)")
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         fsync=args.fsync,
         sync_interval=args.sync_interval / 1000,
         disk_free_limit=args.disk_free_limit,
+        memory_high_watermark=int(args.memory_high_watermark * physical_memory()),
     )
     loop_name = install_event_loop_policy()
     logging.getLogger("broker").debug("event loop: %s", loop_name)

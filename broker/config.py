@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 4 * 1024**3
 
 
 @dataclass
@@ -26,4 +34,6 @@ class BrokerConfig:
     fsync: bool = True  # fsync before confirming persistent messages (group commit)
     sync_interval: float = 0.0  # group-commit window in seconds; 0 = once per loop iteration
     disk_free_limit: int = 50 * 1000 * 1000  # bytes; below it publishers are blocked
-    disk_check_interval: float = 2.0
+    # Resident memory above which publishers are blocked: RabbitMQ's 0.4 of the machine's RAM.
+    memory_high_watermark: int = field(default_factory=lambda: int(0.4 * physical_memory()))
+    resource_check_interval: float = 1.0

@@ -23,6 +23,7 @@ from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame
 from protocol.methods import Method, decode_method, encode_method, ids, make, method_index
 
 if TYPE_CHECKING:
+    from broker.queue import Queue
     from broker.server import Broker
     from broker.vhost import VirtualHost
 
@@ -90,6 +91,8 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.blocked_reason: str | None = None
         self.has_published = False
+        self._throttled_by: set[Queue] = set()
+        self._reading_paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,6 +108,9 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.broker.connections.discard(self)
+        for queue in self._throttled_by:
+            queue.throttled.discard(self)
+        self._throttled_by.clear()
         self._release_all()
         if exc is not None:
             log.info("connection %s lost: %s", self.peer, exc)
@@ -426,6 +432,17 @@ class Connection(asyncio.Protocol):
             self.vhost.connection_closed(self)
 
     # -- flow control ----------------------------------------------------------------------
+    def throttle(self, queue: Queue) -> None:
+        """Stop reading from this publisher until ``queue`` has drained (credit-flow-like)."""
+        if queue not in self._throttled_by:
+            self._throttled_by.add(queue)
+            queue.throttled.add(self)
+            self._update_reading()
+
+    def unthrottle(self, queue: Queue) -> None:
+        self._throttled_by.discard(queue)
+        self._update_reading()
+
     def block(self, reason: str) -> None:
         """connection.blocked: tell the client (if it understands) and stop reading publishes."""
         if self.blocked_reason is not None:
@@ -433,8 +450,7 @@ class Connection(asyncio.Protocol):
         self.blocked_reason = reason
         if self.client_capability("connection.blocked"):
             self.send_method(0, make(commands.Connection.Blocked, reason=reason))
-        if self.has_published and self.transport is not None:
-            self.transport.pause_reading()
+        self._update_reading()
 
     def unblock(self) -> None:
         if self.blocked_reason is None:
@@ -442,5 +458,19 @@ class Connection(asyncio.Protocol):
         self.blocked_reason = None
         if self.client_capability("connection.blocked"):
             self.send_method(0, commands.Connection.Unblocked())
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read from the socket unless throttled or blocked by an alarm (publishers only)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        paused = bool(self._throttled_by) or (
+            self.blocked_reason is not None and self.has_published
+        )
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()

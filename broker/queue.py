@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from broker.vhost import VirtualHost
 
 
+FLOW_HIGH = 20_000
+FLOW_LOW = 10_000
+
+
 def _int_arg(arguments: dict[str, Any], name: str) -> int | None:
     value = arguments.get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -75,6 +79,11 @@ class Queue:
         self.consumers: list[Consumer] = []
         self.unacked = 0  # deliveries handed out and not yet settled
         self.bindings: set[tuple[Exchange, str, Any]] = set()  # (source, key, frozen args)
+        # Flow control: publishers into a queue with consumers pause past flow_high ready
+        # messages and resume at flow_low, so consumers catch up and memory stays bounded.
+        self.flow_high = FLOW_HIGH
+        self.flow_low = FLOW_LOW
+        self.throttled: set[Connection] = set()
         self.deleted = False
         self._dispatcher = vhost.dispatcher
         self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
@@ -301,7 +310,8 @@ class Queue:
             self._arm_expires_timer()
 
     def stop_timers(self) -> None:
-        """The queue is gone: cancel its timers."""
+        """The queue is gone: cancel its timers and release throttled publishers."""
+        self.release_publishers()
         self._cancel_expires_timer()
         if self._ttl_timer is not None:
             self._ttl_timer.cancel()
@@ -335,6 +345,7 @@ class Queue:
         self._prioritised = any(c.priority for c in self.consumers) and not self.single_active
         if not self.consumers:
             self.touch()
+            self.release_publishers()  # a backlog without consumers is no reason to wait
         self.wake()
 
     @property
@@ -397,7 +408,15 @@ class Queue:
                 return False
             consumer.channel.deliver(consumer, self._pop())
             delivered += 1
+        if self.throttled and len(ready) <= self.flow_low:
+            self.release_publishers()
         return bool(ready) and delivered >= budget
+
+    def release_publishers(self) -> None:
+        """Resume reading from connections paused because this queue was too long."""
+        throttled, self.throttled = self.throttled, set()
+        for connection in throttled:
+            connection.unthrottle(self)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.ready)} consumers={len(self.consumers)}>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 
@@ -23,6 +24,16 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 DISK_ALARM = "low on disk"
+MEMORY_ALARM = "low on memory"
+
+
+def resident_memory() -> int | None:
+    """This process's resident set size in bytes (Linux), or None where unknown."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Broker:
@@ -36,7 +47,8 @@ class Broker:
         self.blocked_reason: str | None = None
         self.store: MessageStore | None = None
         self._server: asyncio.Server | None = None
-        self._disk_timer: asyncio.TimerHandle | None = None
+        self._alarm_timer: asyncio.TimerHandle | None = None
+        self.alarms: set[str] = set()
         self.port = self.config.port
 
     async def start(self) -> None:
@@ -56,7 +68,7 @@ class Broker:
                 vhost.store = self.store
             self._restore(recovered)
             self.store.definitions_source = self.definitions
-            self._check_disk()
+        self._check_resources()
         self._server = await self.loop.create_server(
             lambda: Connection(self), config.host, config.port, backlog=1024,
         )
@@ -97,35 +109,52 @@ class Broker:
         if count:
             log.info("restored %d queued messages", count)
 
-    # -- disk alarm -----------------------------------------------------------------------
-    def _check_disk(self) -> None:
-        """RabbitMQ's disk alarm: block publishers while free space is under the limit."""
-        assert self.config.data_dir is not None
-        try:
-            free = shutil.disk_usage(self.config.data_dir).free
-        except OSError:
-            free = None
-        store_failed = self.store is not None and self.store.failed
-        low = (free is not None and free < self.config.disk_free_limit) or bool(store_failed)
-        if low and self.blocked_reason is None:
-            log.warning("disk alarm: %s bytes free (limit %d)%s; blocking publishers", free,
-                        self.config.disk_free_limit,
-                        f", store write failed: {store_failed}" if store_failed else "")
-            self.block_publishers(DISK_ALARM)
-        elif not low and self.blocked_reason == DISK_ALARM:
-            log.info("disk alarm cleared; unblocking publishers")
+    # -- resource alarms ------------------------------------------------------------------
+    def _check_resources(self) -> None:
+        """RabbitMQ's alarms: block publishers while disk or memory is short."""
+        config = self.config
+        low_disk = False
+        if config.data_dir is not None:
+            try:
+                free = shutil.disk_usage(config.data_dir).free
+            except OSError:
+                free = None
+            store = self.store
+            if store is not None and store.failed and free is not None and (
+                    free >= config.disk_free_limit):
+                log.info("disk space is back; retrying store writes")
+                store.failed = None
+            low_disk = (free is not None and free < config.disk_free_limit) or bool(
+                store is not None and store.failed)
+            self._set_alarm(DISK_ALARM, low_disk, f"{free} bytes free, limit "
+                            f"{config.disk_free_limit}")
+        rss = resident_memory()
+        if config.memory_high_watermark and rss is not None:
+            self._set_alarm(MEMORY_ALARM, rss > config.memory_high_watermark,
+                            f"resident memory {rss} bytes, limit {config.memory_high_watermark}")
+        self._alarm_timer = self.loop.call_later(config.resource_check_interval,
+                                                 self._check_resources)
+
+    def _set_alarm(self, alarm: str, on: bool, detail: str) -> None:
+        if on and alarm not in self.alarms:
+            log.warning("%s alarm set (%s): blocking publishers", alarm, detail)
+            self.alarms.add(alarm)
+        elif not on and alarm in self.alarms:
+            log.info("%s alarm cleared (%s)", alarm, detail)
+            self.alarms.discard(alarm)
+        else:
+            return
+        if self.alarms:
+            self.block_publishers(sorted(self.alarms)[0])
+        else:
             self.unblock_publishers()
-        if store_failed and free is not None and free >= self.config.disk_free_limit:
-            self.store.failed = None  # type: ignore[union-attr]  # space is back: retry
-        self._disk_timer = self.loop.call_later(self.config.disk_check_interval,
-                                                self._check_disk)
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
         if self._server is not None:
             self._server.close()
-        if self._disk_timer is not None:
-            self._disk_timer.cancel()
+        if self._alarm_timer is not None:
+            self._alarm_timer.cancel()
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout
@@ -144,6 +173,8 @@ class Broker:
 
     def block_publishers(self, reason: str) -> None:
         """Raise an alarm: connection.blocked to every client (RabbitMQ's resource alarms)."""
+        if self.blocked_reason is not None and self.blocked_reason != reason:
+            self.unblock_publishers()
         self.blocked_reason = reason
         for connection in self.connections:
             connection.block(reason)
