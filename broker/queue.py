@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from broker.vhost import VirtualHost
 
 
-FLOW_HIGH = 20_000
-FLOW_LOW = 10_000
+FLOW_HIGH = 10_000
+FLOW_LOW = 5_000
 
 
 def _int_arg(arguments: dict[str, Any], name: str) -> int | None:

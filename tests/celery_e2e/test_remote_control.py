@@ -138,7 +138,7 @@ def test_control_shutdown(url: str, e2e_dir: Path, records: Records) -> None:
     doomed = start_worker(url, e2e_dir, records.directory, "shutdown", [DEFAULT_QUEUE])
     try:
         # The worker stops without replying: the command reports that no node replied.
-        done = run_celery(url, "control", "shutdown", "-d", doomed.nodename, "-t", "3")
+        done = run_celery(url, "control", "shutdown", "-d", doomed.nodename, "-t", "1")
         assert done.returncode == 0 or "No nodes replied" in done.stderr, done.stderr
         assert doomed.wait_exit(15) == 0
         assert "Got shutdown from remote" in doomed.log_text()
