@@ -12,6 +12,7 @@ commit), for comparing broker versions; by default the broker is this repository
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -36,6 +37,15 @@ T = TypeVar("T")
 
 # Processes whose log tails go into the report of a failing test.
 _LIVE: list[Any] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Never leave a worker or a broker behind, even when the run is interrupted."""
+    for process in list(_LIVE):
+        popen = process.process
+        if popen is not None and popen.poll() is None:
+            popen.kill()
 
 
 def free_port() -> int:
@@ -87,15 +97,14 @@ class Leveret:
     def start(self, timeout: float = 15) -> Leveret:
         assert not self.running
         self.starts += 1
-        log = self.log_path.open("ab")
-        log.write(f"\n===== leveret start #{self.starts} =====\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--log-level", "debug"],
-            cwd=BROKER_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== leveret start #{self.starts} =====\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--data-dir", str(self.data_dir), "--log-level", "debug"],
+                cwd=BROKER_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
         if self not in _LIVE:
             _LIVE.append(self)
 
@@ -126,11 +135,6 @@ class Leveret:
                 self.process.wait(5)
         return self.process.returncode
 
-    def restart(self) -> int | None:
-        code = self.stop()
-        self.start()
-        return code
-
     def log(self, lines: int = 60) -> str:
         return tail(self.log_path, lines)
 
@@ -138,7 +142,7 @@ class Leveret:
         return f"leveret:{self.port}"
 
 
-def celery_env(broker_url: str, record_dir: Path, backend: str = "rpc://",
+def celery_env(broker_url: str, record_dir: Path | None, backend: str = "rpc://",
                beat: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LEVERET_TEST_URL", None)
@@ -146,7 +150,8 @@ def celery_env(broker_url: str, record_dir: Path, backend: str = "rpc://",
     env["PYTHONUNBUFFERED"] = "1"
     env[BROKER_ENV] = broker_url
     env[BACKEND_ENV] = backend
-    env[RECORD_ENV] = str(record_dir)
+    if record_dir is not None:
+        env[RECORD_ENV] = str(record_dir)
     if beat:
         env[BEAT_ENV] = "1"
     else:
@@ -174,13 +179,12 @@ class CeleryProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> CeleryProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "celery", "-A", APP, *self.argv],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "celery", "-A", APP, *self.argv],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
         _LIVE.append(self)
         return self
 
@@ -261,9 +265,9 @@ def start_beat(broker_url: str, directory: Path, record_dir: Path) -> CeleryProc
 
 
 def run_celery(broker_url: str, *args: str, timeout: float = 30,
-               record_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+               ) -> subprocess.CompletedProcess[str]:
     """Run a one-shot ``celery`` command (inspect, control, purge) and return its output."""
-    env = celery_env(broker_url, record_dir or ROOT)
+    env = celery_env(broker_url, None)
     return subprocess.run([PYTHON, "-m", "celery", "-A", APP, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)

@@ -66,12 +66,12 @@ def test_inspect_ping(url: str, worker: Worker) -> None:
 
 
 def test_inspect_active(url: str, worker: Worker, client: Any, records: Records) -> None:
-    result = client.tasks["e2e.record"].delay("active", 3)
+    result = client.tasks["e2e.record"].delay("active", 2.5)
     records.wait("active", 1, 10, phase="start")
     active = inspect(url, worker, "active")
     assert [task["id"] for task in active] == [result.id]
     assert active[0]["name"] == "e2e.record"
-    assert active[0]["args"] == ["active", 3]
+    assert active[0]["args"] == ["active", 2.5]
     assert result.get(timeout=15) == "active"
     assert inspect(url, worker, "active") == []
 

@@ -79,6 +79,22 @@ def test_eta(client: Any) -> None:
     assert eta.timestamp() - 0.1 <= ran_at < eta.timestamp() + 8
 
 
+def test_eta_tasks_beyond_the_prefetch_do_not_block_other_tasks(client: Any,
+                                                               records: Records) -> None:
+    # 4 threads x prefetch multiplier 4: the worker starts with prefetch_count 16. It holds ETA
+    # tasks unacknowledged until they are due and raises its prefetch (basic.qos global=false)
+    # for each one; Leveret must apply that to the running consumer, or the 17th message and
+    # the plain task behind them wait until the ETAs pass.
+    sent = time.time()
+    for i in range(20):
+        client.tasks["e2e.record"].apply_async((f"eta-held-{i}",), countdown=3)
+    assert client.tasks["e2e.add"].delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+    assert time.time() - sent < 2.5, "the plain task waited for the ETA tasks"
+    for i in range(20):
+        runs = records.wait(f"eta-held-{i}", 1, 10)
+        assert runs[0]["time"] >= sent + 2.9
+
+
 def test_retry_with_countdown(client: Any, records: Records) -> None:
     sent = time.time()
     outcome = client.tasks["e2e.retrying"].delay("retry", 2).get(timeout=RESULT_TIMEOUT)

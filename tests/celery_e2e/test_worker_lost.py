@@ -15,7 +15,7 @@ from .conftest import Leveret, Records, start_worker, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.leveret_only, pytest.mark.timeout(60)]
 
 TASKS = 8
-SECONDS = 2.0
+SECONDS = 1.5
 
 
 def test_sigkilled_worker_acks_late_tasks_run_on_another_worker(
