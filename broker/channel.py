@@ -424,7 +424,8 @@ class Channel:
             else:
                 entries.append(entry)
         for queue, entries in by_queue.items():
-            if queue.deleted:
+            if queue.deleted:  # its store records are purged: only the bookkeeping is left
+                queue.forget([entry.message for entry in entries])
                 continue
             if requeue is None:
                 queue.acked(entries)

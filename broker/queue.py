@@ -11,12 +11,16 @@ queue heads only, from one timer per queue: never a scan of the whole queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from broker.deadletter import dead_letter
-from broker.message import Entry, Message, copy_properties
+from broker.message import Entry, Message, copy_properties, parse_expiration
 from broker.ready import FifoReady, PriorityReady
+from protocol import errors, fastpath
 
 if TYPE_CHECKING:
     from broker.connection import Connection
@@ -24,6 +28,12 @@ if TYPE_CHECKING:
     from broker.exchange import Exchange
     from broker.vhost import VirtualHost
 
+
+# A durable queue keeps at most about SPILL_AT stored messages in memory; beyond that only
+# their ids (16 bytes each) stay, and the first SPILL_KEEP remain ready for fast delivery.
+SPILL_AT = 20_000
+SPILL_KEEP = 5_000
+SPILL_DELAY = 0.05  # seconds: after the store's group commit has given messages their ids
 
 FLOW_HIGH = 10_000
 FLOW_LOW = 5_000
@@ -75,6 +85,7 @@ class Queue:
         self.ready: FifoReady | PriorityReady = (
             PriorityReady(max_priority) if max_priority else FifoReady()
         )
+        self._spill_timer: asyncio.TimerHandle | None = None
         self.ready_bytes = 0
         self.consumers: list[Consumer] = []
         self.unacked = 0  # deliveries handed out and not yet settled
@@ -91,6 +102,8 @@ class Queue:
         # Messages of a durable, shared queue are kept in the store (if the broker has one).
         self.persists = durable and exclusive_owner is None and vhost.store is not None
         self.store_key = (vhost.name, name)
+        if self.persists and isinstance(self.ready, FifoReady):
+            self.ready.loader = self._load_spilled
         self._next_seq = 0
         self._rr = 0
         self._had_consumer = False
@@ -126,6 +139,9 @@ class Queue:
             return False
         self.ready.push(entry)
         self.ready_bytes += _size(message)
+        if (self.persists and self._spill_timer is None and self.max_length_bytes is None
+                and self.ready.in_memory > SPILL_AT):
+            self._spill_soon()
         if self._limited:
             self._drop_head_over_limit()
         if entry.expires_at is not None:
@@ -229,27 +245,93 @@ class Queue:
             store.delivered(self.store_key, message)
 
     def purge(self) -> int:
+        """Drop the ready messages (unacked ones stay); returns how many."""
         count = len(self.ready)
-        self.ready.clear()
+        entries, spilled = self.ready.clear()
         self.ready_bytes = 0
         if self.persists:
             assert self.vhost.store is not None
-            self.vhost.store.purge(self.store_key)
+            self.vhost.store.remove_all(self.store_key, [e.message for e in entries], spilled)
         return count
 
-    def restore(self, message: Message, redelivered: bool, published_ms: int,
-                now_ms: int) -> None:
-        """Put back a message recovered from the store, as it was before the restart."""
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        entry = Entry(seq, message, redelivered)
-        ttl = self.message_ttl
-        if message.ttl is not None and (ttl is None or message.ttl < ttl):
-            ttl = message.ttl
-        if ttl is not None:
-            entry.expires_at = self._loop.time() + (published_ms + ttl - now_ms) / 1000
-            self._arm_ttl_timer(entry.expires_at)
-        self.ready.push(entry)
+    def drop_all(self) -> None:
+        """The queue is deleted: its ready messages go, and the store forgets the queue."""
+        entries, spilled = self.ready.clear()
+        self.ready_bytes = 0
+        if self.persists:
+            assert self.vhost.store is not None
+            self.vhost.store.purge(self.store_key, [e.message for e in entries], spilled)
+
+    # -- messages that live on disk only (durable queues) ---------------------------------
+    def restore_stored(self, ids: array[int], delivered: set[int]) -> None:
+        """Recovery: the queue's stored messages, in publish order.
+
+        Messages handed out before the restart come back first, in memory, flagged
+        redelivered; the rest stay on disk (only their ids in memory) until needed.
+        """
+        last_delivered = -1
+        if delivered:
+            for index, msg_id in enumerate(ids):
+                if msg_id in delivered:
+                    last_delivered = index
+        head = [(index, ids[index]) for index in range(last_delivered + 1)]
+        spill_from = last_delivered + 1
+        if not isinstance(self.ready, FifoReady) or self.max_length_bytes is not None:
+            # priority levels need every header, byte limits every size: all in memory
+            head += [(index, ids[index]) for index in range(spill_from, len(ids))]
+            spill_from = len(ids)
+        for entry in self._load_spilled(head):
+            entry.redelivered = entry.message.msg_id in delivered
+            self.ready.push(entry)
+            self.ready_bytes += _size(entry.message)
+        if spill_from < len(ids):
+            assert isinstance(self.ready, FifoReady)
+            pairs = array("Q")
+            for index in range(spill_from, len(ids)):
+                pairs.append(index)
+                pairs.append(ids[index])
+            self.ready.restore_spilled(pairs)
+        self._next_seq = len(ids)
+        due = self.ready.next_expiry()
+        if due is not None:
+            self._arm_ttl_timer(due)
+
+    def _load_spilled(self, pairs: list[tuple[int, int]]) -> list[Entry]:
+        """Entries for (seq, msg_id) pairs, their messages read back from the store."""
+        store = self.vhost.store
+        assert store is not None
+        now_ms = time.time() * 1000
+        now = self._loop.time()
+        entries = []
+        for seq, msg_id in pairs:
+            found = store.read(msg_id)
+            message = Message(found.route_raw, found.header, found.body)
+            message.msg_id = msg_id
+            message.refs = 1
+            if fastpath.property_flags(found.header) & fastpath.FLAG_EXPIRATION:
+                with contextlib.suppress(errors.AMQPError):
+                    message.ttl = parse_expiration(message.properties.expiration)
+            entry = Entry(seq, message)
+            ttl = self.message_ttl
+            if message.ttl is not None and (ttl is None or message.ttl < ttl):
+                ttl = message.ttl
+            if ttl is not None:
+                entry.expires_at = now + (found.published_ms + ttl - now_ms) / 1000
+            entries.append(entry)
+        return entries
+
+    def _spill_soon(self) -> None:
+        if self._spill_timer is None:
+            self._spill_timer = self._loop.call_later(SPILL_DELAY, self._spill_pass)
+
+    def _spill_pass(self) -> None:
+        """Move a long in-memory backlog of stored messages to disk-only."""
+        self._spill_timer = None
+        if self.deleted:
+            return
+        self.ready.spill(SPILL_KEEP)
+        if self.ready.in_memory > SPILL_AT:
+            self._spill_soon()
 
     @property
     def message_count(self) -> int:
@@ -313,6 +395,9 @@ class Queue:
         """The queue is gone: cancel its timers and release throttled publishers."""
         self.release_publishers()
         self._cancel_expires_timer()
+        if self._spill_timer is not None:
+            self._spill_timer.cancel()
+            self._spill_timer = None
         if self._ttl_timer is not None:
             self._ttl_timer.cancel()
             self._ttl_timer = None

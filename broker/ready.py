@@ -6,8 +6,9 @@ Entries carry a sequence number; requeued entries go back to their original posi
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from broker.message import Entry
 
@@ -38,29 +39,113 @@ def _pop_expired(items: deque[Entry], now: float) -> list[Entry]:
     return expired
 
 
-class FifoReady:
-    """First in, first out."""
+SpillLoader = Callable[[list[tuple[int, int]]], list[Entry]]
+"""Turns (seq, msg_id) pairs back into entries, reading the messages from the store."""
 
-    __slots__ = ("_items",)
+REFILL_BATCH = 512
+
+
+def spillable(entry: Entry) -> bool:
+    """Whether an entry can live on disk only: stored, and nothing about it only in RAM."""
+    message = entry.message
+    return (message.msg_id is not None and message.refs > 0 and not entry.redelivered
+            and entry.delivery_count == 0)
+
+
+class FifoReady:
+    """First in, first out; a long backlog of stored messages can live on disk.
+
+    Three regions, in order: ``_items`` (entries in memory, the head), ``_spill`` (only the
+    (seq, msg_id) of stored messages, 16 bytes each) and ``_tail`` (entries in memory that
+    arrived while the spill was not empty). Popping refills the head from the spill.
+    """
+
+    __slots__ = ("_items", "_spill", "_spill_len", "_tail", "loader")
 
     def __init__(self) -> None:
         self._items: deque[Entry] = deque()
+        self._spill: deque[array[int]] = deque()  # flattened (seq, msg_id) pairs
+        self._spill_len = 0
+        self._tail: deque[Entry] = deque()
+        self.loader: SpillLoader | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + self._spill_len + len(self._tail)
 
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self._items)
+    def __bool__(self) -> bool:
+        return bool(self._items) or bool(self._spill_len) or bool(self._tail)
+
+    @property
+    def in_memory(self) -> int:
+        return len(self._items) + len(self._tail)
 
     def push(self, entry: Entry) -> None:
-        self._items.append(entry)
+        if self._spill_len:
+            self._tail.append(entry)
+        else:
+            self._items.append(entry)
 
     def pop(self) -> Entry:
+        if not self._items:
+            self._refill()
         return self._items.popleft()
+
+    def _refill(self) -> None:
+        """Bring the next batch of spilled messages (or the tail) into the head."""
+        if self._spill_len:
+            assert self.loader is not None
+            pairs: list[tuple[int, int]] = []
+            while self._spill and len(pairs) < REFILL_BATCH:
+                chunk = self._spill[0]
+                take = min(len(chunk) // 2, REFILL_BATCH - len(pairs))
+                pairs += [(chunk[2 * k], chunk[2 * k + 1]) for k in range(take)]
+                if take * 2 == len(chunk):
+                    self._spill.popleft()
+                else:
+                    self._spill[0] = chunk[2 * take :]
+            self._spill_len -= len(pairs)
+            self._items.extend(self.loader(pairs))
+        if not self._spill_len and self._tail:
+            self._items.extend(self._tail)
+            self._tail.clear()
+
+    def spill(self, keep: int) -> int:
+        """Move stored entries beyond the first ``keep`` to disk only; returns how many."""
+        moved: list[Entry] = []
+        if not self._spill_len:  # then the tail is empty too: spill the end of the head
+            items = self._items
+            while len(items) > keep and spillable(items[-1]):
+                moved.append(items.pop())
+            moved.reverse()
+        else:  # the spill grows at its end, from the front of the tail
+            tail = self._tail
+            while tail and spillable(tail[0]):
+                moved.append(tail.popleft())
+        if moved:
+            chunk = array("Q")
+            for entry in moved:
+                chunk.append(entry.seq)
+                chunk.append(entry.message.msg_id)  # type: ignore[arg-type]
+            self._spill.append(chunk)
+            self._spill_len += len(moved)
+        return len(moved)
+
+    def restore_spilled(self, pairs: array[int]) -> None:
+        """Recovery: (seq, msg_id) pairs of stored messages after the in-memory head."""
+        if len(pairs):
+            self._spill.append(pairs)
+            self._spill_len += len(pairs) // 2
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Remove and return head entries whose expiry time has passed."""
-        return _pop_expired(self._items, now)
+        expired = _pop_expired(self._items, now)
+        while not self._items and (self._spill_len or self._tail):
+            self._refill()
+            more = _pop_expired(self._items, now)
+            if not more:
+                break
+            expired += more
+        return expired
 
     def next_expiry(self) -> float | None:
         items = self._items
@@ -69,10 +154,15 @@ class FifoReady:
     def requeue(self, batch: list[Entry]) -> None:
         merge_at_head(self._items, sorted(batch, key=_seq))
 
-    def clear(self) -> list[Entry]:
-        items = list(self._items)
+    def clear(self) -> tuple[list[Entry], list[int]]:
+        """Empty the list; returns the in-memory entries and the disk-only message ids."""
+        entries = [*self._items, *self._tail]
+        spilled = [chunk[k] for chunk in self._spill for k in range(1, len(chunk), 2)]
         self._items.clear()
-        return items
+        self._spill.clear()
+        self._spill_len = 0
+        self._tail.clear()
+        return entries, spilled
 
 
 class PriorityReady:
@@ -131,10 +221,17 @@ class PriorityReady:
                 self._top = level
         self._count += len(batch)
 
-    def clear(self) -> list[Entry]:
-        items = list(self)
+    @property
+    def in_memory(self) -> int:
+        return self._count
+
+    def spill(self, keep: int) -> int:
+        return 0  # priority levels stay in memory
+
+    def clear(self) -> tuple[list[Entry], list[int]]:
+        entries = list(self)
         for level in self._levels:
             level.clear()
         self._count = 0
         self._top = 0
-        return items
+        return entries, []

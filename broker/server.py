@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-import time
 
 from broker import __version__
 from broker.config import BrokerConfig
 from broker.connection import Connection
 from broker.dispatcher import Dispatcher
-from broker.message import Message, parse_expiration
 from broker.store import MessageStore
 from broker.store.store import Recovered
 from broker.vhost import VirtualHost
 from protocol import constants as c
-from protocol import errors, fastpath
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +81,16 @@ class Broker:
         saved = recovered.definitions.get("vhosts", {})
         for name, vhost in self.vhosts.items():
             vhost.restore_definitions(saved.get(name, {}))
-        now_ms = int(time.time() * 1000)
-        count = 0
-        for found in recovered.messages:
-            message = Message(found.route_raw, found.header, None)
-            message.msg_id = found.msg_id
-            if fastpath.property_flags(found.header) & fastpath.FLAG_EXPIRATION:
-                with contextlib.suppress(errors.AMQPError):
-                    message.ttl = parse_expiration(message.properties.expiration)
-            for (vhost_name, queue_name), delivered in found.queues.items():
-                vhost = self.vhosts.get(vhost_name)
-                queue = vhost.queues.get(queue_name) if vhost else None
-                if queue is None or not queue.persists:
-                    continue
-                message.refs += 1
-                queue.restore(message, delivered, found.published_ms, now_ms)
-                count += 1
-            if message.refs < len(found.queues):  # its queue is gone: settle it in the log
-                for key in found.queues:
-                    vhost = self.vhosts.get(key[0])
-                    if vhost is None or key[1] not in vhost.queues:
-                        self.store.purge(key)  # type: ignore[union-attr]
-        if count:
-            log.info("restored %d queued messages", count)
+        assert self.store is not None
+        for (vhost_name, queue_name), found in recovered.queues.items():
+            vhost = self.vhosts.get(vhost_name)
+            queue = vhost.queues.get(queue_name) if vhost else None
+            if queue is None or not queue.persists:
+                self.store.purge((vhost_name, queue_name), [], list(found.ids))  # gone
+                continue
+            queue.restore_stored(found.ids, found.delivered)
+        if recovered.message_count:
+            log.info("restored %d queued messages", recovered.message_count)
 
     # -- resource alarms ------------------------------------------------------------------
     def _check_resources(self) -> None:

@@ -266,8 +266,6 @@ class VirtualHost:
         queue.stop_timers()
         if queue.persists:
             self.definitions_changed()
-            assert self.store is not None
-            self.store.purge(queue.store_key)
         count = queue.message_count
         self.queues.pop(queue.name, None)
         self.reply_queues.pop(queue.name, None)
@@ -277,7 +275,7 @@ class VirtualHost:
         for consumer in list(queue.consumers):
             consumer.channel.cancel_by_server(consumer)
         queue.consumers.clear()
-        queue.ready.clear()
+        queue.drop_all()
         for hook in self.on_queue_deleted:
             hook(queue)
         return count

@@ -357,3 +357,61 @@ def test_confirms_wait_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ch.basic_publish("", "q", b"transient", pika.BasicProperties(delivery_mode=1))
         assert len(synced) == transient_before  # transient messages need no fsync
         conn.close()
+
+
+def test_long_backlog_lives_on_disk_and_comes_back_in_order(tmp_path: Path) -> None:
+    """Past the in-memory limit a durable queue keeps only ids; order and content survive
+    spilling, a restart, purge of ready messages and requeues."""
+    from broker import queue as queue_module
+    from broker.embedded import EmbeddedBroker
+
+    data = tmp_path / "d"
+    count = 3000
+    old = (queue_module.SPILL_AT, queue_module.SPILL_KEEP)
+    queue_module.SPILL_AT, queue_module.SPILL_KEEP = 500, 100
+    try:
+        with EmbeddedBroker(data_dir=data) as embedded:
+            conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+            ch = conn.channel()
+            ch.queue_declare("big", durable=True)
+            ch.confirm_delivery()
+            for index in range(count):
+                ch.basic_publish(
+                    "", "big", f"{index:05d}".encode(), pika.BasicProperties(delivery_mode=2)
+                )
+            time.sleep(0.3)  # let the spill pass run
+            queue = embedded.broker.vhosts["/"].queues["big"]
+            assert queue.ready.in_memory < count
+            first = [ch.basic_get("big", auto_ack=True)[2] for _ in range(10)]
+            assert first == [f"{i:05d}".encode() for i in range(10)]
+            _method, _, body = ch.basic_get("big")  # held unacked over the restart
+            assert body == b"00010"
+            conn.close()
+        with EmbeddedBroker(data_dir=data) as embedded:
+            conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+            got = _drain(conn.channel(), "big")
+            conn.close()
+        assert [body for body, _ in got] == [f"{i:05d}".encode() for i in range(10, count)]
+        assert got[0][1] is True and not any(redelivered for _, redelivered in got[1:])
+    finally:
+        queue_module.SPILL_AT, queue_module.SPILL_KEEP = old
+
+
+def test_purge_keeps_unacked_messages_over_a_restart(tmp_path: Path) -> None:
+    from broker.embedded import EmbeddedBroker
+
+    data = tmp_path / "d"
+    with EmbeddedBroker(data_dir=data) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.queue_declare("p", durable=True)
+        ch.confirm_delivery()
+        for index in range(5):
+            ch.basic_publish("", "p", f"m{index}".encode(), pika.BasicProperties(delivery_mode=2))
+        ch.basic_get("p")  # m0 stays unacked
+        assert ch.queue_purge("p").method.message_count == 4
+        conn.close()
+    with EmbeddedBroker(data_dir=data) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        assert _drain(conn.channel(), "p") == [(b"m0", True)]
+        conn.close()

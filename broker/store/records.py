@@ -119,6 +119,25 @@ def parse_publish(body: bytes) -> Published:
     return Published(msg_id, published_ms, route_raw, header, payload, queues)
 
 
+def parse_publish_queues(body: bytes) -> list[QueueKey]:
+    """Only the queues of a PUBLISH record (recovery reads no header or body)."""
+    try:
+        at = _PUBLISH_FIXED.size
+        at += 1 + body[at]
+        at += 1 + body[at]
+        at += 4 + _U32.unpack_from(body, at)[0]
+        at += 4 + _U32.unpack_from(body, at)[0]
+        (count,) = _U16.unpack_from(body, at)
+        at += 2
+        queues = []
+        for _ in range(count):
+            key, at = _read_queue(body, at)
+            queues.append(key)
+    except (struct.error, IndexError, UnicodeDecodeError) as error:
+        raise CorruptRecord(f"bad publish record: {error}") from error
+    return queues
+
+
 def parse_id_list(body: bytes) -> tuple[QueueKey, list[int]]:
     try:
         queue, at = _read_queue(body, 1)

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,22 +39,24 @@ class StoreError(Exception):
 
 
 @dataclass
-class RecoveredMessage:
-    """A message found in the log at start-up, not yet settled in ``queues``."""
+class RecoveredQueue:
+    """What the log holds for one queue: live message ids in publish order."""
 
-    msg_id: int
-    published_ms: int
-    route_raw: bytes
-    header: bytes
-    queues: dict[QueueKey, bool] = field(default_factory=dict)  # queue -> was delivered
+    ids: array[int] = field(default_factory=lambda: array("Q"))
+    delivered: set[int] = field(default_factory=set)  # ids handed out before the restart
+    removed: set[int] = field(default_factory=set)
 
 
 @dataclass
 class Recovered:
     definitions: dict[str, Any]
-    messages: list[RecoveredMessage]  # in publish order
+    queues: dict[QueueKey, RecoveredQueue]
     corrupt_records: int = 0
     truncated_bytes: int = 0
+
+    @property
+    def message_count(self) -> int:
+        return sum(len(q.ids) for q in self.queues.values())
 
 
 class MessageStore:
@@ -73,6 +76,7 @@ class MessageStore:
         self._pending: dict[Message, list[QueueKey]] = {}  # published, not yet written
         self._removes: dict[QueueKey, list[Message]] = {}
         self._delivered: dict[QueueKey, list[Message]] = {}
+        self._removed_ids: dict[QueueKey, list[int]] = {}  # disk-only messages removed
         self._purges: list[QueueKey] = []
         self._sync_waiters: dict[Any, None] = {}  # objects with on_synced()
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
@@ -131,9 +135,8 @@ class MessageStore:
     def _recover(self) -> Recovered:
         assert self.log is not None
         started = time.monotonic()
-        result = Recovered(definitions.read(self.data_dir / "definitions.json"), [])
-        messages: dict[int, RecoveredMessage] = {}
-        in_queue: dict[QueueKey, dict[int, None]] = {}
+        result = Recovered(definitions.read(self.data_dir / "definitions.json"), {})
+        queues = result.queues
         for number in list(self.log.numbers):
             path = self.log.directory / f"{number:08d}.log"
             data = path.read_bytes()
@@ -145,55 +148,50 @@ class MessageStore:
                     log.warning("skipping a corrupt record at %s:%d", path.name, offset)
                     continue
                 try:
-                    self._replay(number, offset, body, messages, in_queue)
+                    self._replay((number << records.SEGMENT_SHIFT) | offset, body, queues)
                 except records.CorruptRecord as error:
                     result.corrupt_records += 1
                     log.warning("skipping an unreadable record at %s:%d: %s",
                                 path.name, offset, error)
-            if good_end < len(data):
-                result.truncated_bytes += len(data) - good_end
+            del data
+            if good_end < path.stat().st_size:
+                cut = path.stat().st_size - good_end
+                result.truncated_bytes += cut
                 log.warning("cutting off a torn tail of %d bytes in %s (a crash mid-write)",
-                            len(data) - good_end, path.name)
+                            cut, path.name)
                 self.log.truncate(number, good_end)
-        for message in messages.values():
-            message.queues = {q: d for q, d in message.queues.items()
-                              if message.msg_id in in_queue.get(q, {})}
-        result.messages = [m for m in messages.values() if m.queues]
-        for message in result.messages:
-            segment = message.msg_id >> records.SEGMENT_SHIFT
-            self._live[segment] = self._live.get(segment, 0) + len(message.queues)
-        log.info("recovered %d messages from %d segment(s) in %.2fs", len(result.messages),
+        for recovered in queues.values():
+            if recovered.removed:
+                removed = recovered.removed
+                recovered.ids = array("Q", (i for i in recovered.ids if i not in removed))
+                recovered.removed = set()
+            for msg_id in recovered.ids:
+                segment = msg_id >> records.SEGMENT_SHIFT
+                self._live[segment] = self._live.get(segment, 0) + 1
+        log.info("recovered %d messages in %d queue(s) from %d segment(s) in %.2fs",
+                 result.message_count, sum(1 for q in queues.values() if q.ids),
                  len(self.log.numbers), time.monotonic() - started)
         return result
 
-    def _replay(self, number: int, offset: int, body: bytes,
-                messages: dict[int, RecoveredMessage],
-                in_queue: dict[QueueKey, dict[int, None]]
-                ) -> None:
+    @staticmethod
+    def _replay(msg_id: int, body: bytes, queues: dict[QueueKey, RecoveredQueue]) -> None:
         kind = body[0]
         if kind == records.PUBLISH:
-            published = records.parse_publish(body)
-            msg_id = (number << records.SEGMENT_SHIFT) | offset
-            message = RecoveredMessage(msg_id, published.published_ms, published.route_raw,
-                                       published.header)
-            for queue in published.queues:
-                message.queues[queue] = False
-                in_queue.setdefault(queue, {})[msg_id] = None
-            messages[msg_id] = message
+            for key in records.parse_publish_queues(body):
+                found = queues.get(key)
+                if found is None:
+                    queues[key] = found = RecoveredQueue()
+                found.ids.append(msg_id)
         elif kind == records.REMOVE:
-            queue, ids = records.parse_id_list(body)
-            held = in_queue.get(queue)
-            if held:
-                for msg_id in ids:
-                    held.pop(msg_id, None)
+            key, ids = records.parse_id_list(body)
+            if key in queues:
+                queues[key].removed.update(ids)
         elif kind == records.DELIVERED:
-            queue, ids = records.parse_id_list(body)
-            for msg_id in ids:
-                found = messages.get(msg_id)
-                if found is not None and queue in found.queues:
-                    found.queues[queue] = True
+            key, ids = records.parse_id_list(body)
+            if key in queues:
+                queues[key].delivered.update(ids)
         elif kind == records.PURGE:
-            in_queue.pop(records.parse_purge(body), None)
+            queues.pop(records.parse_purge(body), None)
         else:
             raise records.CorruptRecord(f"unknown record type {kind}")
 
@@ -221,6 +219,8 @@ class MessageStore:
         """``message`` left durable ``queue`` for good (ack, reject, expiry, drop...)."""
         pending = self._pending.get(message)
         if pending is not None:
+            if queue not in pending:
+                return  # the queue was purged away meanwhile
             pending.remove(queue)
             if not pending:
                 del self._pending[message]
@@ -237,18 +237,41 @@ class MessageStore:
         self._delivered.setdefault(queue, []).append(message)
         self._schedule()
 
-    def purge(self, queue: QueueKey) -> None:
-        """Every message of ``queue`` so far is gone (purge, or the queue was deleted)."""
+    def remove_all(self, queue: QueueKey, messages: list[Message], spilled: list[int]) -> None:
+        """Many messages left ``queue`` at once (queue.purge): in memory and disk-only ones."""
+        for message in messages:
+            if message.refs:
+                self.remove(queue, message)
+        if spilled:
+            self._removed_ids.setdefault(queue, []).extend(spilled)
+            for msg_id in spilled:
+                self._live[msg_id >> records.SEGMENT_SHIFT] -= 1
+            self._schedule()
+
+    def purge(self, queue: QueueKey, messages: list[Message], spilled: list[int]) -> None:
+        """The queue was deleted: everything it held so far is gone, unacked included."""
+        for message in messages:
+            if message.refs and message.msg_id is not None and message not in self._pending:
+                self._live[message.msg_id >> records.SEGMENT_SHIFT] -= 1
+                message.refs -= 1
         for message, queues in list(self._pending.items()):
             if queue in queues:
                 queues.remove(queue)
                 message.refs -= 1
                 if not queues:
                     del self._pending[message]
+        for msg_id in spilled:
+            self._live[msg_id >> records.SEGMENT_SHIFT] -= 1
         self._removes.pop(queue, None)
+        self._removed_ids.pop(queue, None)
         self._delivered.pop(queue, None)
         self._purges.append(queue)
         self._schedule()
+
+    def read(self, msg_id: int) -> records.Published:
+        """The stored message with this id, read from its segment."""
+        assert self.log is not None
+        return records.parse_publish(self.log.read(msg_id))
 
     def load(self, message: Message) -> None:
         """Read back a message whose header and body were dropped from memory."""
@@ -281,7 +304,8 @@ class MessageStore:
         assert self.log is not None
         written: list[Message] = []
         parts: list[bytes] = []
-        if self._pending or self._removes or self._delivered or self._purges:
+        if (self._pending or self._removes or self._delivered or self._purges
+                or self._removed_ids):
             self.log.roll_if_full()
             position = self.log.position()
             parts = [records.purge(queue) for queue in self._purges]
@@ -300,8 +324,13 @@ class MessageStore:
                                 (records.DELIVERED, self._delivered)):
                 for queue, messages in lists.items():
                     ids = [m.msg_id for m in messages if m.msg_id is not None]
+                    if kind == records.REMOVE:
+                        ids += self._removed_ids.pop(queue, [])
                     if ids:
                         parts.append(records.id_list(kind, queue, ids))
+            for queue, ids in self._removed_ids.items():
+                parts.append(records.id_list(records.REMOVE, queue, ids))
+            self._removed_ids.clear()
             self._pending.clear()
             self._removes.clear()
             self._delivered.clear()
