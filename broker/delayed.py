@@ -11,12 +11,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from broker.exchange import Exchange
     from broker.message import Message
     from broker.vhost import VirtualHost
+
+
+STORE_PREFIX = "amq.delayed:"  # clients cannot name a queue amq.*: no clash in the store
+
+
+def store_key(vhost: str, exchange: Exchange) -> tuple[str, str] | None:
+    """Where the store keeps the messages an exchange holds (None if the name is too long)."""
+    name = STORE_PREFIX + exchange.name
+    return (vhost, name) if len(name.encode()) <= 255 else None
 
 
 def delay_of(message: Message) -> int:
@@ -45,12 +55,26 @@ class DelayedMessages:
         return self._vhost.dispatcher.loop
 
     def hold(self, exchange: Exchange, message: Message) -> bool:
-        """Keep ``message`` until its x-delay has passed; False when it has no delay."""
+        """Keep ``message`` until its x-delay has passed; False when it has no delay.
+
+        A persistent message held by a durable exchange is stored, so it survives a restart.
+        """
         delay = delay_of(message)
         if delay <= 0:
             return False
+        store = self._vhost.store
+        key = store_key(self._vhost.name, exchange)
+        if store is not None and exchange.durable and key is not None and message.persistent:
+            store.publish(message, [key])
         self.schedule(self._loop.time() + delay / 1000, exchange, message)
         return True
+
+    def restore(self, exchange: Exchange, messages: list[tuple[int, Message]]) -> None:
+        """Recovery: messages held by ``exchange`` with their due times (epoch ms)."""
+        now_ms = time.time() * 1000
+        now = self._loop.time()
+        for due_ms, message in messages:
+            self.schedule(now + max(due_ms - now_ms, 0) / 1000, exchange, message)
 
     def schedule(self, due: float, exchange: Exchange, message: Message) -> None:
         heapq.heappush(self._heap, (due, next(self._counter), exchange, message))
@@ -68,8 +92,11 @@ class DelayedMessages:
         heap = self._heap
         now = self._loop.time()
         vhost = self._vhost
+        store = vhost.store
         while heap and heap[0][0] <= now:
             _due, _n, exchange, message = heapq.heappop(heap)
+            if message.refs and store is not None:
+                store.remove(store_key(vhost.name, exchange), message)  # type: ignore[arg-type]
             if vhost.exchanges.get(exchange.name) is not exchange:
                 continue  # the exchange was deleted meanwhile
             vhost.enqueue_all(vhost.route(exchange, message), message)

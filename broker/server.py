@@ -6,11 +6,13 @@ import asyncio
 import logging
 import os
 import shutil
+from array import array
 
-from broker import __version__
+from broker import __version__, delayed
 from broker.config import BrokerConfig
 from broker.connection import Connection
 from broker.dispatcher import Dispatcher
+from broker.message import Message
 from broker.store import MessageStore
 from broker.store.store import Recovered
 from broker.vhost import VirtualHost
@@ -84,6 +86,9 @@ class Broker:
         assert self.store is not None
         for (vhost_name, queue_name), found in recovered.queues.items():
             vhost = self.vhosts.get(vhost_name)
+            if vhost is not None and queue_name.startswith(delayed.STORE_PREFIX):
+                self._restore_delayed(vhost, queue_name, found.ids)
+                continue
             queue = vhost.queues.get(queue_name) if vhost else None
             if queue is None or not queue.persists:
                 self.store.purge((vhost_name, queue_name), [], list(found.ids))  # gone
@@ -91,6 +96,23 @@ class Broker:
             queue.restore_stored(found.ids, found.delivered)
         if recovered.message_count:
             log.info("restored %d queued messages", recovered.message_count)
+
+    def _restore_delayed(self, vhost: VirtualHost, key_name: str, ids: array[int]) -> None:
+        """Messages a durable delayed-message exchange held: schedule them again."""
+        assert self.store is not None
+        exchange = vhost.exchanges.get(key_name[len(delayed.STORE_PREFIX) :])
+        if exchange is None or not exchange.delayed:
+            self.store.purge((vhost.name, key_name), [], list(ids))
+            return
+        held = []
+        for msg_id in ids:
+            found = self.store.read(msg_id)
+            message = Message(found.route_raw, found.header, found.body)
+            message.msg_id = msg_id
+            message.refs = 1
+            held.append((found.published_ms + delayed.delay_of(message), message))
+        vhost.delayed.restore(exchange, held)
+        log.info("rescheduled %d delayed messages of exchange '%s'", len(held), exchange.name)
 
     # -- resource alarms ------------------------------------------------------------------
     def _check_resources(self) -> None:

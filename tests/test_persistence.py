@@ -415,3 +415,35 @@ def test_purge_keeps_unacked_messages_over_a_restart(tmp_path: Path) -> None:
         conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
         assert _drain(conn.channel(), "p") == [(b"m0", True)]
         conn.close()
+
+
+def test_delayed_messages_survive_a_restart(broker_process: BrokerProcess) -> None:
+    """A durable x-delayed-message exchange keeps persistent held messages on disk."""
+    conn = broker_process.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare(
+        "delays", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"}
+    )
+    ch.queue_declare("due", durable=True)
+    ch.queue_bind("due", "delays", "k")
+    published = time.monotonic()
+    ch.basic_publish(
+        "delays", "k", b"later", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 1500})
+    )
+    broker_process.kill()
+    broker_process.start()
+    conn = broker_process.connect()
+    ch = conn.channel()
+    assert ch.basic_get("due", auto_ack=True)[0] is None  # not due yet
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        method, _, body = ch.basic_get("due", auto_ack=True)
+        if method is not None:
+            assert body == b"later"
+            assert time.monotonic() - published >= 1.4
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the delayed message never arrived after the restart")
+    conn.close()
