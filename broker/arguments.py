@@ -69,23 +69,33 @@ def _priority(value: Any) -> str | None:
     return problem
 
 
+def _exchange_name(value: Any) -> str | None:
+    if not isinstance(value, str | bytes):
+        raise WrongType(type_name(value))  # reported in RabbitMQ's "invalid type" form
+    return None
+
+
 def _string(value: Any) -> str | None:
     if not isinstance(value, str | bytes):
-        raise WrongType(type_name(value))
+        return f"{{unacceptable_type,{type_name(value)}}}"
     return None
 
 
 def _boolean(value: Any) -> str | None:
     if not isinstance(value, bool):
-        raise WrongType(type_name(value))
+        return f"{{unacceptable_type,{type_name(value)}}}"
     return None
+
+
+def _integer_any(value: Any) -> str | None:
+    return _integer(value)
 
 
 def _one_of(*choices: str, problem: str = '{{invalid_value,<<"{text}">>}}') -> Check:
     def check(value: Any) -> str | None:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if not isinstance(text, str):
-            raise WrongType(type_name(value))
+            return f"{{unacceptable_type,{type_name(value)}}}"
         return None if text in choices else problem.format(text=text)
 
     return check
@@ -97,15 +107,15 @@ QUEUE_ARGUMENTS: dict[str, Check] = {
     "x-max-length": _non_negative,
     "x-max-length-bytes": _non_negative,
     "x-max-priority": _priority,
-    "x-dead-letter-exchange": _string,
+    "x-dead-letter-exchange": _exchange_name,
     "x-dead-letter-routing-key": _string,
     "x-overflow": _one_of("drop-head", "reject-publish", "reject-publish-dlx",
                           problem="invalid_overflow"),
-    "x-queue-mode": _one_of("default", "lazy"),
+    "x-queue-mode": _one_of("default", "lazy", problem="\"unsupported queue mode '{text}'\""),
     "x-queue-type": _one_of("classic", "quorum",
                             problem="\"unsupported queue type '{text}'\""),
     "x-single-active-consumer": _boolean,
-    "x-delivery-limit": _non_negative,
+    "x-delivery-limit": _integer_any,
     "x-consumer-timeout": _non_negative,
 }
 
@@ -132,6 +142,24 @@ def validate_queue_arguments(queue: str, vhost: str, arguments: dict[str, Any]) 
             raise errors.PreconditionFailed(
                 f"invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {problem}"
             )
+    if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
+        raise errors.PreconditionFailed(
+            f"invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': "
+            "routing_key_but_no_dlx_defined"
+        )
+
+
+def validate_consumer_priority(queue: str, vhost: str, arguments: dict[str, Any]) -> int:
+    """The x-priority of a basic.consume (0 when absent); 406 when it is not an integer."""
+    if "x-priority" not in arguments:
+        return 0
+    value = arguments["x-priority"]
+    problem = _integer(value)
+    if problem:
+        raise errors.PreconditionFailed(
+            f"invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': {problem}"
+        )
+    return value
 
 
 def check_equivalent_arguments(what: str, vhost: str, current: dict[str, Any],

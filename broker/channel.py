@@ -19,6 +19,7 @@ from pamqp.header import ContentHeader
 from broker import direct_reply
 from broker.handlers import HANDLERS
 from broker.message import Entry, Message, parse_expiration, sender_selected
+from broker.queue import quorum_header
 from protocol import constants as c
 from protocol import errors, fastpath
 from protocol.framing import method_frame
@@ -335,7 +336,7 @@ class Channel:
             conn.out,
             self.number,
             fastpath.deliver_method(consumer.tag_raw, tag, entry.redelivered, message.route_raw),
-            message.header,
+            quorum_header(entry, False) if queue.is_quorum else message.header,
             message.body,
             conn.frame_max,
         )
@@ -359,7 +360,7 @@ class Channel:
             conn.out,
             self.number,
             fastpath.get_ok_method(tag, entry.redelivered, message.route_raw, queue.message_count),
-            message.header,
+            quorum_header(entry, True) if queue.is_quorum else message.header,
             message.body,
             conn.frame_max,
         )

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from broker.message import Message, copy_properties
+from protocol.tables import Long
 
 if TYPE_CHECKING:
     from broker.queue import Queue
@@ -28,20 +29,21 @@ def with_death(message: Message, queue: Queue, reason: str, exchange: str,
     """The message as it leaves ``queue`` for ``exchange`` with a new x-death entry."""
     properties = copy_properties(message.properties)
     headers: dict[str, Any] = properties.headers
-    routing_keys = [message.routing_key, *_string_list(headers.get("CC"))]
+    cc = _string_list(headers.get("CC"))
+    routing_keys = [message.routing_key, *cc]
     deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     for index, death in enumerate(deaths):
         if _death_of(death) == (queue.name, reason):
             death = dict(death)
-            death["count"] = int(death.get("count", 1)) + 1
+            death["count"] = Long(int(death.get("count", 1)) + 1)
             death["time"] = now
             del deaths[index]
             deaths.insert(0, death)
             break
     else:
         death = {
-            "count": 1,
+            "count": Long(1),
             "reason": reason,
             "queue": queue.name,
             "time": now,
@@ -59,6 +61,11 @@ def with_death(message: Message, queue: Queue, reason: str, exchange: str,
     headers["x-last-death-queue"] = queue.name
     headers["x-last-death-exchange"] = message.exchange
     properties.expiration = None
+    if queue.dead_letter_routing_key is not None:  # the new key replaces CC and BCC
+        headers.pop("CC", None)
+    for index, death in enumerate(deaths):  # counts decoded from the wire are plain ints
+        if not isinstance(death.get("count"), Long):
+            deaths[index] = {**death, "count": Long(int(death.get("count", 1)))}
     return message.derive(properties, exchange=exchange, routing_key=routing_key)
 
 
@@ -97,8 +104,11 @@ def dead_letter(queue: Queue, messages: Iterable[Message], reason: str) -> None:
             key = message.routing_key
         dead = with_death(message, queue, reason, exchange.name, key)
         deaths = dead.properties.headers.get("x-death") or []
+        extra_keys = None
+        if queue.dead_letter_routing_key is None:  # re-routed by the original keys
+            extra_keys = _string_list(message.headers.get("CC")) + (message.bcc or [])
         targets = [
-            target for target in vhost.route(exchange, dead)
+            target for target in vhost.route(exchange, dead, extra_keys or None)
             if reason == "rejected" or not is_cycle(target.name, deaths)
         ]
         if targets:

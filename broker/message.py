@@ -13,6 +13,7 @@ from pamqp import commands
 from pamqp.header import ContentHeader
 
 from protocol import errors, fastpath
+from protocol.tables import content_header
 
 
 class Message:
@@ -22,7 +23,7 @@ class Message:
     stored message's body lives only on disk (the store reads it back for delivery).
     """
 
-    __slots__ = ("_properties", "body", "header", "msg_id", "refs", "route_raw", "ttl")
+    __slots__ = ("_properties", "bcc", "body", "header", "msg_id", "refs", "route_raw", "ttl")
 
     def __init__(self, route_raw: bytes, header: bytes, body: bytes | None) -> None:
         self.route_raw = route_raw  # exchange + routing key as raw shortstr bytes
@@ -31,6 +32,7 @@ class Message:
         self.ttl: int | None = None  # per-message TTL in ms (the expiration property)
         self.msg_id: int | None = None  # position in the message store, once written
         self.refs = 0  # durable queues the store keeps it for
+        self.bcc: list[str] | None = None  # BCC routing keys (the header itself is removed)
         self._properties: commands.Basic.Properties | None = None
 
     @property
@@ -75,7 +77,8 @@ class Message:
         """A copy with new properties (and optionally a new exchange and routing key)."""
         exchange = self.exchange if exchange is None else exchange
         routing_key = self.routing_key if routing_key is None else routing_key
-        header = ContentHeader(body_size=len(self.body), properties=properties).marshal()
+        assert self.body is not None
+        header = content_header(len(self.body), properties)
         route = (self.route_raw if exchange == self.exchange and routing_key == self.routing_key
                  else fastpath.route_raw(exchange, routing_key))
         copy = Message(route, header, self.body)
@@ -128,13 +131,22 @@ def sender_selected(message: Message) -> tuple[Message, list[str] | None]:
     """CC/BCC: the extra routing keys, and the message without its BCC header."""
     headers = message.headers
     keys: list[str] = []
-    for name in ("CC", "BCC"):
-        value = headers.get(name)
-        if isinstance(value, list):
-            keys += [v.decode() if isinstance(v, bytes) else v for v in value
-                     if isinstance(v, str | bytes)]
+    bcc: list[str] = []
+    for name, found in (("CC", keys), ("BCC", bcc)):
+        if name not in headers:
+            continue
+        value = headers[name]
+        if not isinstance(value, list):
+            raise errors.PreconditionFailed(
+                f'invalid message: {{unacceptable_type_in_header,"{name}",'
+                f"{'longstr' if isinstance(value, str | bytes) else type(value).__name__}}}",
+                60, 40,
+            )
+        found += [v.decode() if isinstance(v, bytes) else v for v in value
+                  if isinstance(v, str | bytes)]
     if "BCC" in headers:
         properties = copy_properties(message.properties)
         del properties.headers["BCC"]
         message = message.derive(properties)
-    return message, keys or None
+        message.bcc = bcc
+    return message, (keys + bcc) or None

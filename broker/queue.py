@@ -21,6 +21,7 @@ from broker.deadletter import dead_letter
 from broker.message import Entry, Message, copy_properties, parse_expiration
 from broker.ready import FifoReady, PriorityReady
 from protocol import errors, fastpath
+from protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
     from broker.connection import Connection
@@ -178,9 +179,18 @@ class Queue:
     def take(self) -> Entry | None:
         """Pop the head for basic.get (expired heads are dropped first)."""
         self.touch()
-        if self._ttl_timer is not None:
-            self.expire()
-        return self._pop() if self.ready else None
+        return self._pop_live()
+
+    def _pop_live(self) -> Entry | None:
+        """The next entry that has not expired; expired ones met on the way are dropped."""
+        while self.ready:
+            entry = self._pop()
+            expires_at = entry.expires_at
+            if expires_at is None or expires_at > self._loop.time():
+                return entry
+            dead_letter(self, [entry.message], "expired")
+            self.forget([entry.message])
+        return None
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Return entries to their original positions, flagged redelivered.
@@ -197,15 +207,20 @@ class Queue:
                 if self.delivery_limit is not None and entry.delivery_count > self.delivery_limit:
                     over_limit.append(entry.message)
                     continue
-                entry.message = _with_delivery_count(entry.message, entry.delivery_count)
             batch.append(entry)
         if over_limit:
             dead_letter(self, over_limit, "delivery_limit")
             self.forget(over_limit)
         if not batch:
             return
-        self.ready.requeue(batch)
+        if self.is_quorum:  # a quorum queue returns messages to its back
+            for entry in sorted(batch, key=_entry_seq):
+                self.ready.push(entry)
+        else:
+            self.ready.requeue(batch)
         self.ready_bytes += sum(_size(e.message) for e in batch)
+        if self._limited and self.overflow == "drop-head":
+            self._drop_head_over_limit()
         expiring = [e.expires_at for e in batch if e.expires_at is not None]
         if expiring:
             self._arm_ttl_timer(min(expiring))
@@ -410,13 +425,11 @@ class Queue:
     def add_consumer(self, consumer: Consumer) -> None:
         """Register a consumer; higher x-priority first, registration order within a priority."""
         consumers = self.consumers
-        if consumer.priority and not self.single_active:
-            position = len(consumers)
+        position = len(consumers)
+        if not self.single_active:  # keep the list sorted by priority, stable
             while position and consumers[position - 1].priority < consumer.priority:
                 position -= 1
-            consumers.insert(position, consumer)
-        else:
-            consumers.append(consumer)
+        consumers.insert(position, consumer)
         self._prioritised = any(c.priority for c in consumers) and not self.single_active
         self._had_consumer = True
         self._cancel_expires_timer()
@@ -484,14 +497,15 @@ class Queue:
     def dispatch(self, budget: int) -> bool:
         """Deliver up to ``budget`` ready messages; True if more can go right away."""
         ready = self.ready
-        if self._ttl_timer is not None:
-            self.expire()
         delivered = 0
         while ready and delivered < budget:
             consumer = self._next_consumer()
             if consumer is None:
                 return False
-            consumer.channel.deliver(consumer, self._pop())
+            entry = self._pop_live()
+            if entry is None:
+                break
+            consumer.channel.deliver(consumer, entry)
             delivered += 1
         if self.throttled and len(ready) <= self.flow_low:
             self.release_publishers()
@@ -507,11 +521,19 @@ class Queue:
         return f"<Queue {self.name!r} ready={len(self.ready)} consumers={len(self.consumers)}>"
 
 
-def _with_delivery_count(message: Message, count: int) -> Message:
-    """The message with x-delivery-count set (quorum queues, on redelivery)."""
+def _entry_seq(entry: Entry) -> int:
+    return entry.seq
+
+
+def quorum_header(entry: Entry, for_get: bool) -> bytes:
+    """The content header a quorum queue delivers: with x-delivery-count once redelivered
+    (and always for basic.get, as RabbitMQ 3.10 does)."""
+    message = entry.message
+    if not entry.delivery_count and not for_get:
+        return message.header
     properties = copy_properties(message.properties)
-    properties.headers["x-delivery-count"] = count
-    return message.derive(properties)
+    properties.headers["x-delivery-count"] = Long(entry.delivery_count)
+    return content_header(_size(message), properties)
 
 
 def _size(message: Message) -> int:

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.arguments import check_equivalent_arguments, validate_queue_arguments
+from broker.arguments import check_equivalent_arguments, type_name, validate_queue_arguments
 from broker.delayed import DelayedMessages
 from broker.direct_reply import REPLY_PREFIX
 from broker.exchange import BUILTIN_TYPES, DELAYED_TYPE, Exchange
@@ -87,6 +87,12 @@ class VirtualHost:
             raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.get_exchange(name)
+        alternate = arguments.get("alternate-exchange")
+        if alternate is not None and not isinstance(alternate, str | bytes):
+            raise errors.PreconditionFailed(
+                f"invalid type '{type_name(alternate)}' for arg 'alternate-exchange' in "
+                f"exchange '{name}' {self._in()}"
+            )
         if type_ == DELAYED_TYPE:
             delayed_type = arguments.get("x-delayed-type")
             if isinstance(delayed_type, bytes):
@@ -196,8 +202,15 @@ class VirtualHost:
         if passive:
             if not name:
                 raise errors.NotFound(f"no queue '' {self._in()}")
-            return self.get_queue(name, connection)
+            queue = self.get_queue(name, connection)
+            queue.touch()
+            return queue
+        is_quorum = arguments.get("x-queue-type") in ("quorum", b"quorum")
         if not name:
+            if is_quorum:
+                raise errors.PreconditionFailed(
+                    "Cannot declare a server-named queue for type rabbit_quorum_queue"
+                )
             name = "amq.gen-" + secrets.token_urlsafe(16)
         elif name.startswith("amq."):
             raise errors.AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
@@ -212,8 +225,13 @@ class VirtualHost:
                                        arguments)
             existing.touch()
             return existing
-        if arguments.get("x-queue-type") in ("quorum", b"quorum"):
+        if is_quorum:
             self._check_quorum(name, durable, exclusive, auto_delete, arguments)
+        elif "x-delivery-limit" in arguments:
+            raise errors.PreconditionFailed(
+                f"invalid arg 'x-delivery-limit' for queue '{name}' {self._in()} "
+                "of queue type rabbit_classic_queue"
+            )
         queue = Queue(
             name,
             self,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from pamqp import commands
 
 from broker import direct_reply
+from broker.arguments import validate_consumer_priority
 from broker.consumer import Consumer
 from protocol import errors
 from protocol.methods import make
@@ -45,6 +46,7 @@ def consume(ch: Channel, m: commands.Basic.Consume) -> None:
         queue = direct_reply.open_reply_queue(ch, m.no_ack)
     else:
         queue = vhost.get_queue(name, ch.connection)
+    validate_consumer_priority(queue.name, vhost.name, m.arguments or {})
     tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
     if tag in ch.consumers:
         raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'")
