@@ -236,15 +236,13 @@ class Channel:
             pass  # routed when due; the publish is confirmed now
         else:
             extra_keys = None
-            if fastpath.property_flags(message.header) & fastpath.FLAG_HEADERS and (
-                b"CC" in message.header
-            ):
+            if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
                 message, extra_keys = sender_selected(message)
             queues = vhost.route(exchange, message, extra_keys)
             if queues:
                 refused = vhost.enqueue_all(queues, message)
                 for queue in queues:  # flow control: let consumers catch up
-                    if queue.consumers and len(queue.ready) > queue.flow_high:
+                    if queue.backlogged:
                         self.connection.throttle(queue)
             elif mandatory:
                 self.send_return(c.NO_ROUTE, "NO_ROUTE", message)

@@ -129,14 +129,22 @@ class Connection(asyncio.Protocol):
             data = self._read_protocol_header(data)
             if not data:
                 return
+        channels = self.channels
         try:
-            for frame_type, channel, payload in self.reader.feed(data):
-                if self.state >= CLOSING:
-                    self._frame_while_closing(frame_type, channel, payload)
-                elif channel == 0:
+            for frame_type, number, payload in self.reader.feed(data):
+                # Fast path: a content frame, or a method not of the channel class, on an
+                # open channel of an open connection goes straight to its channel.
+                channel = channels.get(number)
+                if (channel is not None and self.state == OPEN and not channel.closing
+                        and (frame_type != c.FRAME_METHOD or payload[1] != c.CLASS_CHANNEL)
+                        and frame_type != c.FRAME_HEARTBEAT):
+                    channel.handle_frame(frame_type, payload)
+                elif self.state >= CLOSING:
+                    self._frame_while_closing(frame_type, number, payload)
+                elif number == 0:
                     self._connection_frame(frame_type, payload)
                 else:
-                    self._channel_frame(frame_type, channel, payload)
+                    self._channel_frame(frame_type, number, payload)
         except errors.AMQPError as error:
             self.close_with_error(error)
         except Exception as error:  # a bug must cost this connection only

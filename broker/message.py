@@ -23,11 +23,14 @@ class Message:
     stored message's body lives only on disk (the store reads it back for delivery).
     """
 
-    __slots__ = ("_properties", "bcc", "body", "header", "msg_id", "refs", "route_raw", "ttl")
+    __slots__ = (
+        "_properties", "bcc", "body", "flags", "header", "msg_id", "refs", "route_raw", "ttl",
+    )
 
     def __init__(self, route_raw: bytes, header: bytes, body: bytes | None) -> None:
         self.route_raw = route_raw  # exchange + routing key as raw shortstr bytes
         self.header = header  # the content header payload as the publisher sent it
+        self.flags = fastpath.property_flags(header)  # which properties are present
         self.body = body
         self.ttl: int | None = None  # per-message TTL in ms (the expiration property)
         self.msg_id: int | None = None  # position in the message store, once written
@@ -57,20 +60,21 @@ class Message:
 
     @property
     def headers(self) -> dict[str, Any]:
-        if not fastpath.property_flags(self.header) & fastpath.FLAG_HEADERS:
+        if not self.flags & fastpath.FLAG_HEADERS:
             return {}
         return self.properties.headers or {}
 
     @property
     def priority(self) -> int:
-        if not fastpath.property_flags(self.header) & fastpath.FLAG_PRIORITY:
+        if not self.flags & fastpath.FLAG_PRIORITY:
             return 0
         return self.properties.priority or 0
 
     @property
     def persistent(self) -> bool:
         """delivery_mode 2, read straight from the header bytes."""
-        return fastpath.delivery_mode(self.header) == 2
+        return bool(self.flags & fastpath.FLAG_DELIVERY_MODE) and (
+            fastpath.delivery_mode(self.header) == 2)
 
     def derive(self, properties: commands.Basic.Properties, exchange: str | None = None,
                routing_key: str | None = None) -> Message:

@@ -96,6 +96,7 @@ class Queue:
         self.flow_high = FLOW_HIGH
         self.flow_low = FLOW_LOW
         self.throttled: set[Connection] = set()
+        self.backlogged = False  # past flow_high with consumers: publishers should wait
         self.deleted = False
         self._dispatcher = vhost.dispatcher
         self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
@@ -132,14 +133,23 @@ class Queue:
                     consumer.channel.deliver(consumer, entry)
                 else:
                     dead_letter(self, [message], "expired")
+                    self.forget([message])
                 return True
             entry.expires_at = self._loop.time() + ttl / 1000
         if self._limited and self.overflow != "drop-head" and self._full(message):
             if self.overflow == "reject-publish-dlx":
                 dead_letter(self, [message], "maxlen")
             return False
-        self.ready.push(entry)
+        if self.consumers and not self.ready:  # hand it straight to a consumer with credit
+            consumer = self._next_consumer()
+            if consumer is not None:
+                consumer.channel.deliver(consumer, entry)
+                return True
+        ready = self.ready
+        ready.push(entry)
         self.ready_bytes += _size(message)
+        if self.consumers and len(ready) > self.flow_high:
+            self.backlogged = True
         if (self.persists and self._spill_timer is None and self.max_length_bytes is None
                 and self.ready.in_memory > SPILL_AT):
             self._spill_soon()
@@ -507,12 +517,13 @@ class Queue:
                 break
             consumer.channel.deliver(consumer, entry)
             delivered += 1
-        if self.throttled and len(ready) <= self.flow_low:
+        if self.backlogged and len(ready) <= self.flow_low:
             self.release_publishers()
         return bool(ready) and delivered >= budget
 
     def release_publishers(self) -> None:
         """Resume reading from connections paused because this queue was too long."""
+        self.backlogged = False
         throttled, self.throttled = self.throttled, set()
         for connection in throttled:
             connection.unthrottle(self)

@@ -419,16 +419,19 @@ class VirtualHost:
 
         Returns True when some queue refused it (x-overflow reject-publish).
         """
+        store = self.store
+        if store is not None and message.persistent:
+            # Stored first, so that a consumer taking it at once settles it in the store
+            # (a message acked before the group commit is never written).
+            durable = [queue.store_key for queue in queues if queue.persists]
+            if durable:
+                store.publish(message, durable)
         refused = False
-        durable: list[tuple[str, str]] = []
         for queue in queues:
-            if queue.enqueue(message):
-                if queue.persists:
-                    durable.append(queue.store_key)
-            else:
+            if not queue.enqueue(message):
                 refused = True
-        if durable and self.store is not None and message.persistent:
-            self.store.publish(message, durable)
+                if queue.persists and message.refs:
+                    store.remove(queue.store_key, message)  # type: ignore[union-attr]
         return refused
 
     def _route_graph(self, exchange: Exchange, message: Message,

@@ -24,14 +24,15 @@ Frame = tuple[int, int, bytes]
 class FrameReader:
     """Splits a byte stream into AMQP frames.
 
-    ``frame_max`` is the largest frame (header and end byte included) the peer may send;
-    a bigger frame, an unknown frame type or a missing end byte raises ``FrameError``.
+    ``frame_max`` is the largest frame the peer may send; a bigger frame, an unknown frame
+    type or a missing end byte raises ``FrameError``. Each payload is one slice (one copy)
+    of the received bytes; only an incomplete frame at the end is kept for the next call.
     """
 
     __slots__ = ("_buffer", "frame_max")
 
     def __init__(self, frame_max: int = c.FRAME_MIN_SIZE) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""
         self.frame_max = frame_max
 
     @property
@@ -41,28 +42,30 @@ class FrameReader:
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Add ``data`` and yield each complete frame now available, in order."""
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
         offset = 0
-        end = len(buffer)
+        end = len(data)
+        header_size = c.FRAME_HEADER_SIZE
         try:
-            while end - offset >= c.FRAME_HEADER_SIZE:
-                frame_type, channel, size = _unpack_header(buffer, offset)
+            while end - offset >= header_size:
+                frame_type, channel, size = _unpack_header(data, offset)
                 if size > self.frame_max:  # RabbitMQ lets the 8 bytes of framing slip
                     raise FrameError(
                         f"type {frame_type}, all octets = <<>>: "
                         f"{{frame_too_large,{size},{self.frame_max - c.FRAME_OVERHEAD}}}"
                     )
-                frame_end = offset + c.FRAME_HEADER_SIZE + size
+                start = offset + header_size
+                frame_end = start + size
                 if frame_end >= end:
                     break
-                if buffer[frame_end] != c.FRAME_END:
-                    octets = erlang_binary(bytes(buffer[offset + c.FRAME_HEADER_SIZE : frame_end]))
+                if data[frame_end] != c.FRAME_END:
                     raise FrameError(
-                        f"type {frame_type}, all octets = {octets}: "
-                        f"{{invalid_frame_end_marker,{buffer[frame_end]}}}"
+                        f"type {frame_type}, all octets = {erlang_binary(data[start:frame_end])}: "
+                        f"{{invalid_frame_end_marker,{data[frame_end]}}}"
                     )
-                payload = bytes(buffer[offset + c.FRAME_HEADER_SIZE : frame_end])
+                payload = data[start:frame_end]
                 if frame_type not in _VALID_TYPES or (frame_type == c.FRAME_HEARTBEAT and size):
                     raise FrameError(
                         f"type {frame_type}, all octets = {erlang_binary(payload)}: unknown_frame"
@@ -70,8 +73,8 @@ class FrameReader:
                 offset = frame_end + 1
                 yield frame_type, channel, payload
         finally:
-            if offset:
-                del buffer[:offset]
+            if offset < end:
+                self._buffer = data[offset:] if offset else data
 
 
 def erlang_binary(data: bytes, limit: int = 64) -> str:

@@ -277,7 +277,6 @@ class MessageStore:
         """Read back a message whose header and body were dropped from memory."""
         assert self.log is not None and message.msg_id is not None
         published = records.parse_publish(self.log.read(message.msg_id))
-        message.header = published.header
         message.body = published.body
         self.resident_bytes += len(published.body) + len(published.header)
 
@@ -367,8 +366,7 @@ class MessageStore:
                 return
             if message.refs > 0 and message.body is not None:
                 self.resident_bytes -= len(message.body) + len(message.header)
-                message.body = None
-                message.header = None
+                message.body = None  # the header stays: routing and policies read it
 
     def _drop_dead_segments(self) -> None:
         assert self.log is not None

@@ -1,0 +1,129 @@
+"""In-process micro-benchmark of the broker's per-message path, without sockets.
+
+Feeds raw AMQP bytes to two Connection objects (a publisher and a consumer) over fake
+transports and runs the event loop: publish in -> route -> queue -> deliver out (-> ack in).
+It measures the broker's own CPU time per message (process time), free of network and client noise, so
+hot-path changes can be compared quickly:
+
+    .venv/bin/python benchmarks/micro_broker.py [--messages 200000] [--ack] [--size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+from pamqp.header import ContentHeader, ProtocolHeader
+
+from broker.config import BrokerConfig
+from broker.connection import Connection
+from broker.server import Broker
+
+
+class FakeTransport:
+    """Collects what the broker writes; never pushes back."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.written += len(part)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1)
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def frames(*items: tuple[int, object]) -> bytes:
+    return b"".join(pamqp_frame.marshal(value, channel) for channel, value in items)
+
+
+def handshake() -> bytes:
+    return ProtocolHeader().marshal() + frames(
+        (0, commands.Connection.StartOk(client_properties={"capabilities": {}},
+                                        mechanism="PLAIN", response="\0guest\0guest")),
+        (0, commands.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=0)),
+        (0, commands.Connection.Open(virtual_host="/")),
+        (1, commands.Channel.Open()),
+    )
+
+
+async def run(messages: int, size: int, ack: bool, batch: int) -> float:
+    broker = Broker(BrokerConfig(port=0))
+    await broker.start()
+    publisher, consumer = Connection(broker), Connection(broker)
+    for connection in (publisher, consumer):
+        connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+        connection.data_received(handshake())
+    consumer.data_received(frames(
+        (1, commands.Queue.Declare(queue="bench")),
+        (1, commands.Basic.Qos(prefetch_count=0 if not ack else 1000)),
+        (1, commands.Basic.Consume(queue="bench", consumer_tag="c", no_ack=not ack)),
+    ))
+    await asyncio.sleep(0)
+    body = b"x" * size
+    one = frames((1, commands.Basic.Publish(exchange="", routing_key="bench")),
+                 (1, ContentHeader(body_size=size)),
+                 (1, pamqp_frame.body.ContentBody(body)))
+    chunk = one * batch
+    delivered_tag = 0
+    started = time.process_time()
+    for _ in range(messages // batch):
+        publisher.data_received(chunk)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        if ack:
+            delivered_tag += batch
+            consumer.data_received(frames(
+                (1, commands.Basic.Ack(delivery_tag=delivered_tag, multiple=True))))
+    elapsed = time.process_time() - started
+    queue = broker.vhosts["/"].queues["bench"]
+    assert queue.message_count == 0, queue
+    await broker.stop()
+    return elapsed / messages * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--ack", action="store_true", help="manual acks (multiple per batch)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    results = [asyncio.run(run(args.messages, args.size, args.ack, args.batch))
+               for _ in range(args.rounds)]
+    best = min(results)
+    print(f"{best:.2f} us/message (best of {args.rounds}; {1e6 / best:,.0f} msg/s on one core) "
+          f"size={args.size} ack={args.ack}")
+
+
+if __name__ == "__main__":
+    main()
