@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
+from pathlib import Path
 
 from pamqp import commands
 from pamqp import frame as pamqp_frame
@@ -69,22 +71,26 @@ def handshake() -> bytes:
     )
 
 
-async def run(messages: int, size: int, ack: bool, batch: int) -> float:
-    broker = Broker(BrokerConfig(port=0))
+async def run(messages: int, size: int, ack: bool, batch: int,
+              data_dir: str | None = None) -> float:
+    broker = Broker(BrokerConfig(port=0, data_dir=Path(data_dir) if data_dir else None))
     await broker.start()
     publisher, consumer = Connection(broker), Connection(broker)
     for connection in (publisher, consumer):
         connection.connection_made(FakeTransport())  # type: ignore[arg-type]
         connection.data_received(handshake())
     consumer.data_received(frames(
-        (1, commands.Queue.Declare(queue="bench")),
+        (1, commands.Queue.Declare(queue="bench", durable=data_dir is not None)),
         (1, commands.Basic.Qos(prefetch_count=0 if not ack else 1000)),
         (1, commands.Basic.Consume(queue="bench", consumer_tag="c", no_ack=not ack)),
     ))
+    if data_dir:
+        publisher.data_received(frames((1, commands.Confirm.Select())))
     await asyncio.sleep(0)
     body = b"x" * size
+    properties = commands.Basic.Properties(delivery_mode=2 if data_dir else None)
     one = frames((1, commands.Basic.Publish(exchange="", routing_key="bench")),
-                 (1, ContentHeader(body_size=size)),
+                 (1, ContentHeader(body_size=size, properties=properties)),
                  (1, pamqp_frame.body.ContentBody(body)))
     chunk = one * batch
     delivered_tag = 0
@@ -111,6 +117,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--ack", action="store_true", help="manual acks (multiple per batch)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--persistent", action="store_true",
+                        help="persistent messages, durable queue, confirms, fsync (implies --ack)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -118,11 +126,15 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    results = [asyncio.run(run(args.messages, args.size, args.ack, args.batch))
-               for _ in range(args.rounds)]
+    results = []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as data_dir:
+            results.append(asyncio.run(run(
+                args.messages, args.size, args.ack or args.persistent, args.batch,
+                data_dir if args.persistent else None)))
     best = min(results)
     print(f"{best:.2f} us/message (best of {args.rounds}; {1e6 / best:,.0f} msg/s on one core) "
-          f"size={args.size} ack={args.ack}")
+          f"size={args.size} ack={args.ack or args.persistent} persistent={args.persistent}")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class Channel:
         self.publish_seq = 0
         self.confirmed_seq = 0  # highest sequence number already acked to the publisher
         self._confirm_nacks: list[int] = []  # refused publishes awaiting their nack
-        self._first_unsynced: int | None = None  # first publish still waiting for fsync
+        self._unsynced: deque[int] = deque()  # persistent publishes waiting for the store
         self.tx_mode = False
         self.tx_publishes: list[tuple[Exchange, Message, bool]] = []
         self.tx_settlements: list[tuple[str, int, bool, bool]] = []
@@ -250,24 +250,23 @@ class Channel:
             seq = self.publish_seq = self.publish_seq + 1
             if refused:
                 self._confirm_nacks.append(seq)
-            if message.refs and vhost.store is not None and vhost.store.fsync:
-                if self._first_unsynced is None:  # confirm only once it is on disk
-                    self._first_unsynced = seq
+            if message.refs and vhost.store is not None:
+                self._unsynced.append(seq)  # confirmed only once it is on disk
                 vhost.store.when_synced(self)
             else:
                 self.connection.confirms_ready(self)
 
-    def on_synced(self) -> None:
-        """The store fsynced everything this channel published so far."""
-        self._first_unsynced = None
+    def on_synced(self, seq: int) -> None:
+        """The store made everything this channel published up to ``seq`` durable."""
+        unsynced = self._unsynced
+        while unsynced and unsynced[0] <= seq:
+            unsynced.popleft()
         self.connection.confirms_ready(self)
 
     def on_sync_failed(self) -> None:
         """The store could not write: publishes waiting on it are nacked."""
-        first = self._first_unsynced
-        if first is not None:
-            self._confirm_nacks.extend(range(first, self.publish_seq + 1))
-            self._first_unsynced = None
+        self._confirm_nacks.extend(self._unsynced)
+        self._unsynced.clear()
         self.connection.confirms_ready(self)
 
     def send_return(self, code: int, text: str, message: Message) -> None:
@@ -287,7 +286,7 @@ class Channel:
 
         Contiguous acks become one ``multiple`` ack; a refused publish gets its own nack.
         """
-        seq = self.publish_seq if self._first_unsynced is None else self._first_unsynced - 1
+        seq = self._unsynced[0] - 1 if self._unsynced else self.publish_seq
         done = self.confirmed_seq
         if seq <= done:
             return

@@ -11,6 +11,8 @@ dropped from memory once on disk and read back when delivered.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import fcntl
 import logging
 import os
@@ -78,7 +80,10 @@ class MessageStore:
         self._delivered: dict[QueueKey, list[Message]] = {}
         self._removed_ids: dict[QueueKey, list[int]] = {}  # disk-only messages removed
         self._purges: list[QueueKey] = []
-        self._sync_waiters: dict[Any, None] = {}  # objects with on_synced()
+        self._sync_waiters: dict[Any, None] = {}  # channels: .publish_seq, .on_synced(seq)
+        self._sync_future: concurrent.futures.Future | None = None
+        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self._sync_again = False
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._live: dict[int, int] = {}  # segment -> queue references still live
         self.resident_bytes = 0
@@ -281,7 +286,7 @@ class MessageStore:
         self.resident_bytes += len(published.body) + len(published.header)
 
     def when_synced(self, waiter: Any) -> None:
-        """Call ``waiter.on_synced()`` once everything stored so far is on disk."""
+        """Call ``waiter.on_synced(seq)`` once what it published up to ``seq`` is on disk."""
         self._sync_waiters[waiter] = None
         self._schedule()
 
@@ -305,7 +310,8 @@ class MessageStore:
         parts: list[bytes] = []
         if (self._pending or self._removes or self._delivered or self._purges
                 or self._removed_ids):
-            self.log.roll_if_full()
+            if self._sync_future is None:  # never close a file a worker is fsyncing
+                self.log.roll_if_full()
             position = self.log.position()
             parts = [records.purge(queue) for queue in self._purges]
             position += sum(len(p) for p in parts)
@@ -337,17 +343,56 @@ class MessageStore:
         try:
             if parts:
                 self.log.append(b"".join(parts))
-            if self.fsync and (parts or self._sync_waiters):
-                self.log.sync()
         except OSError as error:
             self._write_failed(error, written)
             return
-        waiters, self._sync_waiters = self._sync_waiters, {}
-        for waiter in waiters:
-            waiter.on_synced()
+        if not self.fsync:
+            self._release_waiters(self._snapshot_waiters())
+        elif self._sync_waiters or parts:
+            self._start_sync()
         if self.resident_bytes > self.resident_budget:
             self._evict(written)
-        self._drop_dead_segments()
+        if self._sync_future is None:
+            self._drop_dead_segments()
+
+    # -- fsync off the event loop -----------------------------------------------------------
+    def _snapshot_waiters(self) -> dict[Any, int]:
+        """Each waiter with what it has published so far: what the next fsync will cover."""
+        waiters, self._sync_waiters = self._sync_waiters, {}
+        return {waiter: waiter.publish_seq for waiter in waiters}
+
+    def _release_waiters(self, covered: dict[Any, int]) -> None:
+        for waiter, seq in covered.items():
+            waiter.on_synced(seq)
+
+    def _start_sync(self) -> None:
+        """fsync in a worker thread (the loop goes on); one at a time, the next one queued."""
+        if self._sync_future is not None:
+            self._sync_again = True
+            return
+        assert self.log is not None
+        covered = self._snapshot_waiters()
+        self._sync_future = self._syncer.submit(self.log.sync)
+        asyncio.wrap_future(self._sync_future, loop=self.loop).add_done_callback(
+            lambda future: self._sync_done(future, covered)
+        )
+
+    def _sync_done(self, future: asyncio.Future, covered: dict[Any, int]) -> None:
+        self._sync_future = None
+        error = future.exception()
+        if error is not None:
+            self.failed = f"fsync failed: {error}"
+            log.error("message store fsync failed (%s); the publishes it covered are nacked",
+                      error)
+            for waiter in covered:
+                waiter.on_sync_failed()
+        else:
+            self._release_waiters(covered)
+        if self._sync_again or self._sync_waiters:
+            self._sync_again = False
+            self._start_sync()
+        else:
+            self._drop_dead_segments()
 
     def _write_failed(self, error: OSError, written: list[Message]) -> None:
         self.failed = f"{type(error).__name__}: {error}"
@@ -382,6 +427,10 @@ class MessageStore:
         """Flush everything and release the directory."""
         if self.log is not None:
             self.flush()
+            if self._sync_future is not None:
+                with contextlib.suppress(OSError):
+                    self._sync_future.result()  # the worker's fsync ends before its file
+            self._syncer.shutdown(wait=True)
             self.log.close()
             self.log = None
         if self._lock_fd >= 0:
