@@ -226,9 +226,10 @@ class Channel:
         if self.tx_mode:
             self.tx_publishes.append((exchange, message, publish.mandatory))
             return
-        self.route(exchange, message, publish.mandatory)
+        self.route(exchange, message, publish.mandatory, publish.routing_key)
 
-    def route(self, exchange: Exchange, message: Message, mandatory: bool) -> None:
+    def route(self, exchange: Exchange, message: Message, mandatory: bool,
+              routing_key: str | None = None) -> None:
         """Route a complete message to its queues; return it if mandatory and unroutable."""
         vhost = self.vhost
         refused = False
@@ -238,7 +239,7 @@ class Channel:
             extra_keys = None
             if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
                 message, extra_keys = sender_selected(message)
-            queues = vhost.route(exchange, message, extra_keys)
+            queues = vhost.route(exchange, message, extra_keys, routing_key)
             if queues:
                 refused = vhost.enqueue_all(queues, message)
                 for queue in queues:  # flow control: let consumers catch up

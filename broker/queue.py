@@ -79,6 +79,7 @@ class Queue:
         self.dead_letter_exchange = _str_arg(args, "x-dead-letter-exchange")
         self.dead_letter_routing_key = _str_arg(args, "x-dead-letter-routing-key")
         self.is_quorum = _str_arg(args, "x-queue-type") == "quorum"
+        self.single_active = args.get("x-single-active-consumer") is True
         self.delivery_limit = _int_arg(args, "x-delivery-limit") if self.is_quorum else None
         timeout = _int_arg(args, "x-consumer-timeout")
         self.consumer_timeout = timeout / 1000 if timeout else vhost.consumer_timeout
@@ -87,7 +88,8 @@ class Queue:
             PriorityReady(max_priority) if max_priority else FifoReady()
         )
         self._spill_timer: asyncio.TimerHandle | None = None
-        self.ready_bytes = 0
+        self.ready_bytes = 0  # kept only when x-max-length-bytes applies
+        self._counts_bytes = self.max_length_bytes is not None
         self.consumers: list[Consumer] = []
         self.unacked = 0  # deliveries handed out and not yet settled
         self.bindings: set[tuple[Exchange, str, Any]] = set()  # (source, key, frozen args)
@@ -147,7 +149,8 @@ class Queue:
                 return True
         ready = self.ready
         ready.push(entry)
-        self.ready_bytes += _size(message)
+        if self._counts_bytes:
+            self.ready_bytes += _size(message)
         if self.consumers and len(ready) > self.flow_high:
             self.backlogged = True
         if (self.persists and self._spill_timer is None and self.max_length_bytes is None
@@ -182,7 +185,8 @@ class Queue:
 
     def _pop(self) -> Entry:
         entry = self.ready.pop()
-        self.ready_bytes -= _size(entry.message)
+        if self._counts_bytes:
+            self.ready_bytes -= _size(entry.message)
         return entry
 
     # -- messages out ---------------------------------------------------------------------
@@ -428,9 +432,6 @@ class Queue:
             self._ttl_timer = None
 
     # -- consumers ------------------------------------------------------------------------
-    @property
-    def single_active(self) -> bool:
-        return self.arguments.get("x-single-active-consumer") is True
 
     def add_consumer(self, consumer: Consumer) -> None:
         """Register a consumer; higher x-priority first, registration order within a priority."""
@@ -477,7 +478,7 @@ class Queue:
         count = len(consumers)
         if not count:
             return None
-        if self.single_active:
+        if count == 1 or self.single_active:
             first = consumers[0]
             return first if first.can_take() else None
         if not self._prioritised:

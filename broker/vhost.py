@@ -18,6 +18,7 @@ from broker.queue import Queue
 from broker.routing import freeze
 from broker.store.definitions import decode_table, encode_table
 from protocol import errors
+from protocol.fastpath import FLAG_DELIVERY_MODE
 
 if TYPE_CHECKING:
     from broker.connection import Connection
@@ -395,14 +396,14 @@ class VirtualHost:
         return True
 
     # -- routing ---------------------------------------------------------------------------
-    def route(self, exchange: Exchange, message: Message,
-              extra_keys: list[str] | None = None) -> list[Queue]:
+    def route(self, exchange: Exchange, message: Message, extra_keys: list[str] | None = None,
+              routing_key: str | None = None) -> list[Queue]:
         """Every queue ``message`` reaches from ``exchange``, each once, cycles included.
 
         ``extra_keys`` are the CC/BCC routing keys of the message. An exchange that routes
         nowhere hands the message to its alternate exchange, if it has one.
         """
-        key = message.routing_key
+        key = message.routing_key if routing_key is None else routing_key
         if exchange.name == "" and not extra_keys:
             queue = self.queues.get(key)
             if queue is None and key.startswith(REPLY_PREFIX):
@@ -420,6 +421,8 @@ class VirtualHost:
         Returns True when some queue refused it (x-overflow reject-publish).
         """
         store = self.store
+        if len(queues) == 1 and (store is None or not message.flags & FLAG_DELIVERY_MODE):
+            return not queues[0].enqueue(message)  # the common case: one queue, in memory
         if store is not None and message.persistent:
             # Stored first, so that a consumer taking it at once settles it in the store
             # (a message acked before the group commit is never written).
