@@ -64,6 +64,7 @@ class Channel:
         self.flow_active = True
         self.reply_queue: Queue | None = None  # direct reply-to consumer's private queue
         self.last_queue: str | None = None  # for queue methods with an empty name
+        self.max_message_size = connection.broker.config.max_message_size
         # deliveries
         self.next_delivery_tag = 1
         self.unacked: dict[int, Delivery] = {}
@@ -152,14 +153,13 @@ class Channel:
             raise _expected_method()
         if self._header is not None:
             raise _expected_body()
-        content_class = fastpath.content_class(payload)
+        content_class, size, flags = fastpath.content_header_fields(payload)
         if content_class != c.CLASS_BASIC:
             raise errors.UnexpectedFrame(
                 f"expected content header for class 60, got one for class {content_class} "
                 "instead", c.CLASS_BASIC, 40,
             )
-        size = fastpath.content_body_size(payload)
-        limit = self.connection.broker.config.max_message_size
+        limit = self.max_message_size
         if size > limit:
             self._reset_content()
             raise errors.PreconditionFailed(
@@ -167,7 +167,6 @@ class Channel:
                 c.CLASS_BASIC,
                 40,
             )
-        flags = fastpath.property_flags(payload)
         if flags & (fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION):
             self._check_properties(payload)
         if flags & fastpath.FLAG_REPLY_TO:

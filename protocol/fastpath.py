@@ -126,13 +126,19 @@ def nack_method(delivery_tag: int, multiple: bool) -> bytes:
     return _NACK_ID + _QB.pack(delivery_tag, 1 if multiple else 0)
 
 
-def content_body_size(header_payload: bytes) -> int:
-    """body_size of a content header payload; raises SyntaxError_ when it is malformed."""
+_CONTENT_FIELDS = struct.Struct(">HxxQH")
+
+
+def content_header_fields(header_payload: bytes) -> tuple[int, int, int]:
+    """(class_id, body_size, first property-flags word) of a content header payload."""
     try:
-        _class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(header_payload)
-    except struct.error as error:
-        raise SyntaxError_("malformed content header") from error
-    return body_size
+        return _CONTENT_FIELDS.unpack_from(header_payload)
+    except struct.error:
+        try:
+            class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(header_payload)
+        except struct.error as error:
+            raise SyntaxError_("malformed content header") from error
+        return class_id, body_size, 0
 
 
 # Property flag bits of a basic content header (AMQP 0-9-1, basic class).
@@ -167,11 +173,6 @@ def delivery_mode(header_payload: bytes) -> int:
         return header_payload[at]
     except (IndexError, struct.error):
         return 0
-
-
-def content_class(header_payload: bytes) -> int:
-    """class_id of a content header payload (must be basic, 60)."""
-    return _H.unpack_from(header_payload)[0]
 
 
 def write_delivery(
