@@ -3,28 +3,43 @@
 
     .venv/bin/python benchmarks/run.py [--scenarios a,b,...] [--duration S]
         [--rabbitmq-url URL] [--out benchmarks/out/NAME] [--rounds N]
-        [--brokers leveret,rabbitmq] [--profile]
+        [--brokers leveret,rabbitmq] [--leveret-ref REV] [--profile]
 
-For every selected scenario it runs amqp-perf (``--json --procs 1``, identical flags) once
-against a freshly started Leveret (subprocess, free port, temporary data dir) and once
-against the reference RabbitMQ, alternating which broker goes first from one scenario to
-the next. Per run it records published/consumed msg/s, latency p50/p99, broker CPU %,
-broker peak RSS and the verdict; the Leveret/RabbitMQ ratio of consumed msg/s (and of p99
-for the fixed-rate latency scenario g). It prints a markdown table and writes
-``results.md`` and ``results.json`` (raw amqp-perf output included) into ``--out``. It
-also measures Leveret's start-up time (process start to accepting TCP) and idle RSS.
+For every selected scenario it runs the workload once against a freshly started Leveret
+(subprocess, free port, temporary data dir) and once against the reference RabbitMQ,
+alternating which broker goes first from one scenario to the next.
+
+Scenarios a-g run amqp-perf (``--json --procs 1``, identical flags). Per run it records
+published/consumed msg/s, latency p50/p99, broker CPU %, broker peak RSS and the verdict; the
+Leveret/RabbitMQ ratio of consumed msg/s (and of p99 for the latency scenarios). It prints a
+markdown table and writes ``results.md`` and ``results.json`` (raw amqp-perf output included)
+into ``--out``. It also measures Leveret's start-up time (process start to accepting TCP) and
+idle RSS.
+
+Scenarios h, i and j are built in, because amqp-perf cannot express them:
+
+* h: 1,000 idle connections (each a channel, an auto-delete queue and a consumer), opened by
+  ``amqp_lite.py`` (a minimal asyncio client); broker RSS before/with them; then a burst
+  from one producer spread over the queues (delivered msg/s, latency p50/p99).
+* i: a 1M x 1 KB persistent backlog in a durable queue (publisher confirms), peak RSS while
+  filling, RSS idle with the backlog, SIGKILL + restart recovery (Leveret; RabbitMQ with
+  ``--rabbitmq-restart``), drain rate. ``backlog.py`` is the older stand-alone version.
+* j: Celery, ``celery_noop.py``: tasks/s of no-op tasks through one worker.
 
 ``--profile`` attaches py-spy (``record --format raw --function --nonblocking``) to Leveret
-during each Leveret run and prints the top functions by own time; profiled runs are slowed
-down by the sampler and are marked as such in the table.
+during each Leveret amqp-perf run and prints the top functions by own time; profiled runs
+are slowed down by the sampler and are marked as such in the table.
 
-Stdlib only. Nothing outside this directory is modified; Leveret's logs, the data dir and
-the profiles go into ``--out`` / a temp dir.
+a-g need only the stdlib; h and i import pamqp (through amqp_lite) and j runs Celery, all
+from the project venv. Nothing outside this directory is modified; Leveret's logs, the data
+dir and the profiles go into ``--out`` / a temp dir. h, i and j delete the queues they
+declared on RabbitMQ.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -34,6 +49,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -74,12 +90,25 @@ SCENARIOS: list[tuple[str, str, str | None]] = [
         "-x 10 -y 10 -s 16 --queues 10 -q 100 --confirm 100",
     ),
     ("g", "latency: 1p/1c 16 B autoack at fixed 10k msg/s", "-x 1 -y 1 -s 16 -a --rate 10000"),
-    ("h", "1000 idle connections + burst", None),
-    ("i", "1M message backlog (fill, then drain)", None),
-    ("j", "Celery workload (kombu/celery clients)", None),
+    (
+        "h",
+        "1000 idle connections (channel + consumer + own queue each), then a 50k x 16 B burst",
+        "built-in (amqp_lite): 1000 conns, prefetch 20, manual ack; 1 producer, round robin",
+    ),
+    (
+        "i",
+        "1M x 1 KB persistent backlog: fill (confirms), idle, crash recovery, drain",
+        "built-in (amqp_lite): --persistent --durable, confirm window 10000, drain prefetch 500",
+    ),
+    (
+        "j",
+        "Celery: 10k no-op tasks through 1 worker (-P threads -c 4, prefetch x4)",
+        "built-in: celery_noop.py worker + publisher (pyamqp://)",
+    ),
 ]
+CUSTOM = {"h", "i", "j"}  # run by run_h / run_i / run_j, not by amqp-perf
 SCENARIO_BY_KEY = {s[0]: s for s in SCENARIOS}
-LATENCY_SCENARIOS = {"g"}  # the ratio of p99 is reported too
+LATENCY_SCENARIOS = {"g", "h"}  # the ratio of p99 is reported too
 NA = "n/a"
 
 
@@ -215,7 +244,7 @@ def ensure_rabbitmq(url: str) -> None:
         raise SystemExit(f"RabbitMQ at {host}:{port} is not reachable")
     log(f"RabbitMQ not reachable on {host}:{port}; starting it with {RABBITMQ_LOCAL}")
     env = dict(os.environ, RMQ_PORT=str(port))
-    subprocess.run([str(RABBITMQ_LOCAL), "start"], check=True, env=env)
+    subprocess.run([*rabbitmq_start_prefix(), str(RABBITMQ_LOCAL), "start"], check=True, env=env)
     for _ in range(100):
         if tcp_open(host, port):
             return
@@ -255,20 +284,9 @@ class Leveret:
             log_level,
             *extra,
         ]
+        self.env = env
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.data_dir, env=env
-        )
-        self.pid = self.proc.pid
-        self.startup_s: float | None = None
-        while time.perf_counter() - t0 < 30:
-            if self.proc.poll() is not None:
-                break
-            if tcp_open("127.0.0.1", self.port, timeout=0.2):
-                self.startup_s = time.perf_counter() - t0
-                break
-            time.sleep(0.002)
+        self.startup_s = self._spawn()
         if self.startup_s is None:
             self.stop()
             raise RuntimeError(
@@ -278,6 +296,31 @@ class Leveret:
         # (the probe connection above is closed immediately)
         time.sleep(1.0)
         self.idle_rss_kb = read_status(self.pid).get("VmRSS")
+
+    def _spawn(self, timeout: float = 30.0) -> float | None:
+        """Start the process; seconds until the port accepts TCP (None: it did not)."""
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.data_dir, env=self.env
+        )
+        self.pid = self.proc.pid
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                return None
+            if tcp_open("127.0.0.1", self.port, timeout=0.2):
+                return time.perf_counter() - t0
+            time.sleep(0.002)
+        return None
+
+    def kill_and_restart(self, timeout: float = 600.0) -> float | None:
+        """SIGKILL, then start again on the same port and data dir. Leveret recovers the
+        store before it listens, so the returned start-up time is the recovery time."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self._log.flush()
+        self._log.write(b"\n[run.py] --- SIGKILL, restarting on the same data dir ---\n")
+        self._log.flush()
+        return self._spawn(timeout)
 
     @property
     def url(self) -> str:
@@ -468,6 +511,975 @@ def run_amqp_perf(
     return run
 
 
+# --------------------------------------------------------------------------- CPU accounting
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """user + system CPU seconds of a process (all its threads), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def _sys_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        v = list(map(int, f.readline().split()[1:9]))
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+class CpuMeter:
+    """CPU % (100 = one core) of the broker, the client side and everything else between
+    start() and stop(). ``broker_pids``/``client_pids`` are callables returning pid lists;
+    this process is always counted as client."""
+
+    def __init__(self, broker_pids, client_pids=lambda: []) -> None:
+        self.broker_pids = broker_pids
+        self.client_pids = client_pids
+
+    def _snap(self) -> dict:
+        b = {p: proc_cpu_s(p) for p in self.broker_pids()}
+        c = {p: proc_cpu_s(p) for p in self.client_pids()}
+        return {
+            "t": time.monotonic(),
+            "sys": _sys_jiffies(),
+            "self": time.process_time(),
+            "broker": {p: v for p, v in b.items() if v is not None},
+            "client": {p: v for p, v in c.items() if v is not None},
+        }
+
+    def start(self) -> CpuMeter:
+        self.s0 = self._snap()
+        return self
+
+    def stop(self, extra_client_s: float = 0.0) -> dict:
+        if not hasattr(self, "s0"):
+            return {}
+        s1 = self._snap()
+        s0 = self.s0
+        wall = max(1e-6, s1["t"] - s0["t"])
+
+        def delta(kind):
+            return sum(v - s0[kind].get(p, v) for p, v in s1[kind].items())
+
+        broker = delta("broker") / wall * 100
+        client = (delta("client") + s1["self"] - s0["self"] + extra_client_s) / wall * 100
+        (b0, t0), (b1, t1) = s0["sys"], s1["sys"]
+        system = (b1 - b0) / max(1, t1 - t0) * (os.cpu_count() or 1) * 100
+        return {
+            "wall_s": round(wall, 2),
+            "broker_pct": round(broker, 1),
+            "client_pct": round(client, 1),
+            "system_busy_pct": round(system, 1),
+            "other_pct": round(max(0.0, system - broker - client), 1),
+        }
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def nofile_soft(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    v = line.split()[3]
+                    return None if v == "unlimited" else int(v)
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def rabbitmq_node_pid(url: str) -> int | None:
+    """The node's beam.smp pid from rabbitmq-local.sh's pid file (None if not found)."""
+    port = urllib.parse.urlsplit(url).port or 5672
+    base = Path(os.environ.get("RMQ_BASE", f"/tmp/rabbitmq-ref-{port}"))
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((base / "pid").read_text().strip())
+        if Path(f"/proc/{pid}").exists():
+            return pid
+    pids = pids_by_comm("beam.smp")
+    return max(pids, key=lambda p: read_status(p).get("VmRSS", 0)) if pids else None
+
+
+def dir_bytes(path: str | Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def _new_loop():
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def arun(coro):
+    """Run a coroutine on a fresh (uv)loop, as the benchmark client."""
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(coro)
+
+
+def _lite():
+    sys.path.insert(0, str(HERE))
+    import amqp_lite
+
+    return amqp_lite
+
+
+def _pct(sorted_vals: list, q: float):
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
+
+
+def custom_run_record(args, key, broker, rnd, leveret, extra: dict, perf: dict) -> dict:
+    run = {
+        "scenario": key,
+        "broker": broker,
+        "round": rnd,
+        "cmd": f"run.py built-in scenario {key} ({SCENARIO_BY_KEY[key][2]})",
+        "exit_code": 0 if perf.get("ok") else 1,
+        "stderr_tail": "",
+        "custom": extra,
+        "perf": perf,
+        "profiled": False,
+        "duration": None,
+        "rss_peak_sampled_mb": extra.get("rss_peak_mb") or 0,
+    }
+    if leveret is not None:
+        st = read_status(leveret.pid)
+        run["leveret_pid"] = leveret.pid
+        run["leveret_vmhwm_mb"] = round(st["VmHWM"] / 1024, 1) if "VmHWM" in st else None
+        run["leveret_alive_after"] = leveret.alive()
+        run["leveret_data_dir_bytes"] = leveret.data_dir_bytes()
+        if not leveret.alive():
+            run["leveret_exit_code"] = leveret.proc.returncode
+            run["leveret_log_tail"] = leveret.log_tail()
+    return run
+
+
+# --------------------------------------------------------------------------- scenario h
+async def _h_client(
+    url: str, prefix: str, args, rss_kb, cpu_meter: CpuMeter, sampler_factory
+) -> dict:
+    """1,000 connections x (channel, queue, consumer), idle, then a burst from 1 producer."""
+    al = _lite()
+    n_conns, n_msgs = args.h_connections, args.h_messages
+    res: dict = {"connections_wanted": n_conns, "messages": n_msgs}
+    errors: Counter[str] = Counter()
+    lat_ns: list[int] = []
+    state = {"delivered": 0, "t_last": 0}
+    done = asyncio.Event()
+    unpack_ts = struct.Struct(">Q").unpack_from
+
+    def on_deliver(_tag, head, _now=al.now_ns):
+        t = _now()
+        lat_ns.append(t - unpack_ts(head)[0])
+        state["delivered"] += 1
+        state["t_last"] = t
+        if state["delivered"] >= state.get("expect", n_msgs):
+            done.set()
+
+    sem = asyncio.Semaphore(args.h_open_concurrency)
+
+    async def open_one(i: int):
+        async with sem:
+            conn = None
+            try:
+                conn = await al.connect(url, name=f"{prefix}-c{i}", timeout=60)
+                await conn.channel(1)
+                q = f"{prefix}-q{i}"
+                await conn.queue_declare(1, q, auto_delete=True)
+                await conn.qos(1, args.h_prefetch)
+                await conn.consume(1, q, on_deliver)
+                return conn, q
+            except (TimeoutError, al.AMQPError, OSError) as e:
+                errors[f"{type(e).__name__}: {e or 'timed out'}"] += 1
+                if conn is not None:
+                    conn.transport.close()
+                return None
+
+    t0 = time.monotonic()
+    opened = [r for r in await asyncio.gather(*(open_one(i) for i in range(n_conns))) if r]
+    res["open_s"] = round(time.monotonic() - t0, 2)
+    res["connections_opened"] = len(opened)
+    res["open_errors"] = dict(errors.most_common(5))
+    conns = [c for c, _ in opened]
+    queues = [q for _, q in opened]
+    res["rss_after_open_kb"] = rss_kb()
+    series = []
+    for _ in range(int(args.h_idle)):
+        await asyncio.sleep(1.0)
+        series.append(rss_kb())
+    await asyncio.sleep(args.h_idle - int(args.h_idle))
+    res["rss_idle_kb"] = rss_kb()
+    res["rss_idle_series_kb"] = series
+    lost = sum(1 for c in conns if c.closed.done())
+    res["connections_lost_while_idle"] = lost
+    if not queues:
+        res["error"] = "no connection could be opened: " + "; ".join(errors)
+        return res
+
+    try:
+        await _h_burst(
+            al,
+            url,
+            prefix,
+            args,
+            rss_kb,
+            cpu_meter,
+            sampler_factory,
+            res,
+            conns,
+            queues,
+            state,
+            lat_ns,
+            done,
+        )
+    except Exception as e:
+        res["error"] = f"burst: {type(e).__name__}: {e or 'timed out'}"
+    # ---- close everything (auto-delete queues go with their consumers)
+    csem = asyncio.Semaphore(100)
+
+    async def close_one(c):
+        async with csem:
+            await c.close(timeout=10)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(close_one(c) for c in conns))
+    res["close_s"] = round(time.monotonic() - t0, 2)
+    return res
+
+
+async def _h_burst(
+    al,
+    url,
+    prefix,
+    args,
+    rss_kb,
+    cpu_meter,
+    sampler_factory,
+    res,
+    conns,
+    queues,
+    state,
+    lat_ns,
+    done,
+) -> None:
+    """One producer, round robin over the queues, as fast as the socket takes it."""
+    n_msgs = args.h_messages
+    pub = await al.connect(url, name=f"{prefix}-producer", timeout=60)
+    await pub.channel(1)
+    mh = [
+        al.publish_frames(1, q, b"x" * args.h_size)[: -(7 + args.h_size + 1)] for q in queues
+    ]  # publish method + content header; the body frame is appended per message
+    bpre, bend = al.body_frame_parts(1, args.h_size)
+    pad = b"\0" * (args.h_size - 8)
+    nq = len(queues)
+    state["expect"] = n_msgs
+    sampler = sampler_factory()
+    sampler.start()
+    cpu_meter.start()
+    t_pub0 = al.now_ns()
+    sent = 0
+    chunk = 500
+    while sent < n_msgs:
+        k = min(chunk, n_msgs - sent)
+        body = bpre + struct.pack(">Q", al.now_ns()) + pad + bend
+        pub.write(b"".join([mh[(sent + j) % nq] + body for j in range(k)]))
+        sent += k
+        await pub.drain()
+    t_pub1 = al.now_ns()
+    deadline = time.monotonic() + args.h_timeout
+    last, last_change = -1, time.monotonic()
+    while not done.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 1.0)
+        if state["delivered"] != last:
+            last, last_change = state["delivered"], time.monotonic()
+        elif time.monotonic() - last_change > 30:
+            break
+    cpu = cpu_meter.stop()
+    sampler.stop()
+    res["cpu"] = cpu
+    res["rss_peak_burst_kb"] = sampler.peak_kb
+    res["published"] = sent
+    res["publish_s"] = round((t_pub1 - t_pub0) / 1e9, 3)
+    res["delivered"] = state["delivered"]
+    burst_s = max(1e-9, (state["t_last"] - t_pub0) / 1e9) if state["delivered"] else None
+    res["burst_s"] = round(burst_s, 3) if burst_s else None
+    res["delivered_rate"] = state["delivered"] / burst_s if burst_s else None
+    lat_ns.sort()
+    res["latency_us"] = {
+        "count": len(lat_ns),
+        "p50": _pct(lat_ns, 0.50) / 1000 if lat_ns else None,
+        "p99": _pct(lat_ns, 0.99) / 1000 if lat_ns else None,
+        "max": lat_ns[-1] / 1000 if lat_ns else None,
+    }
+    res["consumers_cancelled_by_broker"] = sum(len(c.cancelled) for c in conns)
+    res["blocked_events"] = pub.blocked
+    await asyncio.sleep(1.0)
+    res["rss_after_burst_kb"] = rss_kb()
+    await pub.close()
+
+
+def run_h(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
+    key = "h"
+    prefix = f"lvbench-h-{broker}-{rnd}-{os.getpid()}"
+    busy_before, waited = wait_quiet(args.quiet_busy, args.quiet_wait)
+
+    def rss_kb():
+        return sum(read_status(p).get("VmRSS", 0) for p in rss_pids())
+
+    notes = []
+    limit = None
+    if broker == "rabbitmq":
+        node = rabbitmq_node_pid(url)
+        limit = nofile_soft(node) if node else None
+        if limit is not None and limit < args.h_connections + 100:
+            notes.append(
+                f"RabbitMQ's open-files limit is {limit} (soft), too low for "
+                f"{args.h_connections} connections; restart it with a higher `ulimit -n`"
+            )
+    elif leveret is not None:
+        limit = nofile_soft(leveret.pid)
+    rss_before = rss_kb()
+    meter = CpuMeter(rss_pids)
+    err = None
+    res: dict = {}
+    try:
+        res = arun(_h_client(url, prefix, args, rss_kb, meter, lambda: RssSampler(rss_pids)))
+    except Exception as e:  # a client-side failure: report it verbatim
+        err = f"{type(e).__name__}: {e or 'timed out'}"
+    res["rss_before_kb"] = rss_before
+    res["broker_nofile_soft"] = limit
+    res["busy_before_pct"], res["quiet_wait_s"] = busy_before, waited
+    if res.get("rss_idle_kb") and res.get("connections_opened"):
+        res["kb_per_idle_connection"] = round(
+            (res["rss_idle_kb"] - rss_before) / res["connections_opened"], 1
+        )
+    err = err or res.get("error")
+    ok_conns = res.get("connections_opened") == args.h_connections
+    ok_msgs = res.get("delivered") == args.h_messages
+    if err:
+        verdict = "ERROR"
+    elif not ok_conns:
+        verdict = f"CONNECTIONS {res.get('connections_opened')}/{args.h_connections}"
+    elif not ok_msgs:
+        verdict = f"INCOMPLETE {res.get('delivered')}/{args.h_messages}"
+    else:
+        verdict = "OK"
+    if res.get("open_errors"):
+        notes.append("connection errors (count): " + json.dumps(res["open_errors"]))
+    lat = res.get("latency_us") or {}
+    cpu = res.get("cpu") or {}
+    perf = {
+        "ok": err is None,
+        "verdict": verdict,
+        "published_rate": (res["published"] / res["publish_s"]) if res.get("publish_s") else None,
+        "consumed_rate": res.get("delivered_rate"),
+        "latency_us": lat,
+        "cpu": {"pids_pct": {"broker": cpu.get("broker_pct")}, "other_pct": cpu.get("other_pct")}
+        if cpu
+        else {},
+        "notes": notes,
+    }
+    if err:
+        perf["error"] = err
+    res["rss_peak_mb"] = round(res.get("rss_peak_burst_kb", 0) / 1024, 1)
+    return custom_run_record(args, key, broker, rnd, leveret, res, perf)
+
+
+# --------------------------------------------------------------------------- scenario i
+async def _i_fill(url: str, queue: str, n: int, size: int, window: int, stall_s: float) -> dict:
+    al = _lite()
+    conn = await al.connect(url, name=f"{queue}-producer")
+    await conn.channel(1)
+    await conn.queue_declare(1, queue, durable=True, auto_delete=False)
+    st = {"acked": 0, "nacked": 0, "upto": 0, "t_last": None}
+    singles: set[int] = set()
+    progress = asyncio.Event()
+
+    def on_confirm(tag: int, multiple: bool, nack: bool) -> None:
+        if multiple:
+            newly = tag - st["upto"] - sum(1 for s in singles if s <= tag)
+            for s in [s for s in singles if s <= tag]:
+                singles.discard(s)
+            st["upto"] = max(st["upto"], tag)
+        else:
+            newly = 1
+            if tag > st["upto"]:
+                singles.add(tag)
+                while st["upto"] + 1 in singles:
+                    st["upto"] += 1
+                    singles.discard(st["upto"])
+        st["nacked" if nack else "acked"] += newly
+        st["t_last"] = time.monotonic()
+        progress.set()
+
+    await conn.confirm_select(1, on_confirm)
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    msg = al.publish_frames(1, queue, body, delivery_mode=2, frame_max=conn.frame_max)
+    chunk = 100
+    t0 = time.monotonic()
+    sent = 0
+    last_change, last_seen = time.monotonic(), 0
+    while sent < n:
+        confirmed = st["acked"] + st["nacked"]
+        room = window - (sent - confirmed)
+        if room <= 0:
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), 1.0)
+            if confirmed != last_seen:
+                last_seen, last_change = confirmed, time.monotonic()
+            elif time.monotonic() - last_change > stall_s:
+                raise RuntimeError(f"publish stalled: sent {sent}, confirmed {confirmed}")
+            continue
+        k = min(chunk, room, n - sent)
+        conn.write(msg * k)
+        sent += k
+        await conn.drain()
+    t_sent = time.monotonic()
+    while st["acked"] + st["nacked"] < n:
+        progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(progress.wait(), 1.0)
+        confirmed = st["acked"] + st["nacked"]
+        if confirmed != last_seen:
+            last_seen, last_change = confirmed, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            raise RuntimeError(f"confirms stalled: sent {sent}, confirmed {confirmed}")
+    depth = (await conn.queue_declare(1, queue, durable=True, passive=True)).message_count
+    await conn.close()
+    elapsed = (st["t_last"] or time.monotonic()) - t0
+    return {
+        "sent": sent,
+        "confirmed": st["acked"],
+        "nacked": st["nacked"],
+        "blocked_events": conn.blocked,
+        "write_s": round(t_sent - t0, 2),
+        "fill_s": round(elapsed, 2),
+        "fill_rate": n / elapsed,
+        "depth_after_fill": depth,
+    }
+
+
+async def _i_depth(url: str, queue: str) -> int:
+    al = _lite()
+    conn = await al.connect(url, name=f"{queue}-probe")
+    await conn.channel(1)
+    try:
+        return (await conn.queue_declare(1, queue, durable=True, passive=True)).message_count
+    finally:
+        await conn.close()
+
+
+async def _i_drain(url: str, queue: str, expected: int, prefetch: int, stall_s: float) -> dict:
+    al = _lite()
+    conn = await al.connect(url, name=f"{queue}-consumer")
+    await conn.channel(1)
+    await conn.qos(1, prefetch)
+    st = {"n": 0, "t_last": None}
+    done = asyncio.Event()
+
+    def on_deliver(_tag, _head):
+        st["n"] += 1
+        if st["n"] >= expected:
+            st["t_last"] = time.monotonic()
+            done.set()
+
+    t0 = time.monotonic()
+    await conn.consume(1, queue, on_deliver)
+    last, last_change = 0, time.monotonic()
+    stalled = False
+    while not done.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 1.0)
+        if st["n"] != last:
+            last, last_change = st["n"], time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            stalled = True
+            break
+    t1 = st["t_last"] or last_change
+    await asyncio.sleep(0.5)  # let the last acks land
+    depth = (await conn.queue_declare(1, queue, durable=True, passive=True)).message_count
+    await conn.close()
+    return {
+        "drained": st["n"],
+        "drain_s": round(t1 - t0, 2),
+        "drain_rate": st["n"] / max(1e-9, t1 - t0),
+        "depth_after_drain": depth,
+        "stalled": stalled,
+    }
+
+
+async def _delete_queue(url: str, queue: str, exchange: str | None = None) -> str:
+    al = _lite()
+    conn = await al.connect(url, name=f"{queue}-cleanup")
+    await conn.channel(1)
+    try:
+        ok = await conn.queue_delete(1, queue)
+        out = f"deleted queue {queue} ({ok.message_count} messages)"
+        if exchange:
+            from pamqp import commands
+
+            await conn.rpc(
+                1, commands.Exchange.Delete(exchange=exchange), commands.Exchange.DeleteOk
+            )
+            out += f", exchange {exchange}"
+        return out
+    finally:
+        await conn.close()
+
+
+def rabbitmq_start_prefix() -> list[str]:
+    """How to run rabbitmq-local.sh start so that the node keeps our RLIMIT_NOFILE.
+
+    Debian's /usr/sbin/rabbitmq-server, run as root, switches to the rabbitmq user with
+    `su`, and PAM then resets the soft open-files limit to 1024 (RabbitMQ: socket limit 832,
+    too low for scenario h). Started as the rabbitmq user directly (setpriv, no PAM), the
+    node inherits this process's raised limit."""
+    import pwd
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return []
+    try:
+        pw = pwd.getpwnam("rabbitmq")
+    except KeyError:
+        return []
+    return [
+        "setpriv",
+        f"--reuid={pw.pw_uid}",
+        f"--regid={pw.pw_gid}",
+        "--init-groups",
+        "env",
+        f"HOME={pw.pw_dir}",
+    ]
+
+
+def rabbitmq_foreign_connections(url: str) -> list[str] | None:
+    """Names of the client connections open on the node (management API; None if it
+    cannot be asked). Used to avoid restarting a RabbitMQ that somebody else is using."""
+    import base64
+    import urllib.request
+
+    u = urllib.parse.urlsplit(url)
+    mgmt = int(os.environ.get("RMQ_MGMT_PORT", (u.port or 5672) + 10000))
+    req = urllib.request.Request(f"http://{u.hostname or '127.0.0.1'}:{mgmt}/api/connections")
+    user = urllib.parse.unquote(u.username or "guest")
+    cred = f"{user}:{urllib.parse.unquote(u.password or 'guest')}"
+    req.add_header("Authorization", "Basic " + base64.b64encode(cred.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            conns = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return [
+        (c.get("client_properties") or {}).get("connection_name") or c.get("name", "?")
+        for c in conns
+    ]
+
+
+def restart_rabbitmq(url: str, mode: str) -> dict:
+    """Stop (gracefully, or SIGKILL the node) and start the rabbitmq-local.sh node."""
+    port = urllib.parse.urlsplit(url).port or 5672
+    env = dict(os.environ, RMQ_PORT=str(port))
+    node = rabbitmq_node_pid(url)
+    if mode == "kill":
+        if node:
+            os.kill(node, signal.SIGKILL)
+            for _ in range(100):
+                if not Path(f"/proc/{node}").exists():
+                    break
+                time.sleep(0.1)
+    else:
+        subprocess.run([str(RABBITMQ_LOCAL), "stop"], env=env, capture_output=True, timeout=300)
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [*rabbitmq_start_prefix(), str(RABBITMQ_LOCAL), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return {
+        "start_s": time.monotonic() - t0,
+        "t0": t0,
+        "rc": p.returncode,
+        "out": (p.stdout + p.stderr)[-1000:],
+    }
+
+
+def run_i(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
+    key = "i"
+    queue = f"lvbench-i-{broker}-{rnd}-{os.getpid()}"
+    n = args.i_messages
+    busy_before, waited = wait_quiet(args.quiet_busy, args.quiet_wait)
+
+    def rss_kb():
+        return sum(read_status(p).get("VmRSS", 0) for p in rss_pids())
+
+    res: dict = {
+        "messages": n,
+        "size": args.i_size,
+        "queue": queue,
+        "busy_before_pct": busy_before,
+        "quiet_wait_s": waited,
+    }
+    notes: list[str] = []
+    err = None
+    rmq_dir = None
+    if broker == "rabbitmq":
+        port = urllib.parse.urlsplit(url).port or 5672
+        rmq_dir = Path(os.environ.get("RMQ_BASE", f"/tmp/rabbitmq-ref-{port}")) / "mnesia"
+        if not rmq_dir.is_dir():
+            rmq_dir = None
+    disk0 = dir_bytes(rmq_dir) if rmq_dir else 0
+    res["rss_before_kb"] = rss_kb()
+    try:
+        # ---- fill
+        sampler = RssSampler(rss_pids)
+        sampler.start()
+        meter = CpuMeter(rss_pids).start()
+        try:
+            fill = arun(_i_fill(url, queue, n, args.i_size, args.i_confirm_window, 60))
+        finally:
+            cpu_fill = meter.stop()
+            sampler.stop()
+        res.update(fill)
+        res["cpu_fill"] = cpu_fill
+        res["rss_peak_fill_kb"] = sampler.peak_kb
+        time.sleep(2.0)
+        res["rss_idle_backlog_kb"] = rss_kb()
+        if leveret is not None:
+            res["disk_mb"] = round(leveret.data_dir_bytes() / 2**20, 1)
+        elif rmq_dir:
+            res["disk_mb"] = round((dir_bytes(rmq_dir) - disk0) / 2**20, 1)
+            notes.append("RabbitMQ disk_mb is the growth of its mnesia dir during the fill")
+        # ---- crash + recovery
+        if leveret is not None:
+            rec = leveret.kill_and_restart()
+            if rec is None:
+                raise RuntimeError(f"Leveret did not come back after SIGKILL: {leveret.log_tail()}")
+            t_listen = time.monotonic()
+            res["recovered"] = arun(_i_depth(url, queue))
+            res["recovery_s"] = round(rec + time.monotonic() - t_listen, 2)
+            res["recovery_listen_s"] = round(rec, 2)
+            res["recovery_mode"] = "SIGKILL + restart"
+            time.sleep(1.0)
+            res["rss_after_recovery_kb"] = rss_kb()
+        elif args.rabbitmq_restart != "none" and (foreign := rabbitmq_foreign_connections(url)):
+            res["recovery_mode"] = "skipped: other clients connected"
+            notes.append(f"RabbitMQ restart skipped, connections open: {foreign[:5]}")
+            res["recovered"] = arun(_i_depth(url, queue))
+        elif args.rabbitmq_restart != "none":
+            rr = restart_rabbitmq(url, args.rabbitmq_restart)
+            if rr["rc"] != 0:
+                raise RuntimeError(f"rabbitmq-local.sh start failed: {rr['out']}")
+            deadline = time.monotonic() + 600
+            while True:
+                try:
+                    res["recovered"] = arun(_i_depth(url, queue))
+                    break
+                except Exception as e:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"queue not back after restart: {e}") from e
+                    time.sleep(0.2)
+            res["recovery_s"] = round(time.monotonic() - rr["t0"], 2)
+            res["recovery_mode"] = {
+                "kill": "SIGKILL beam.smp + rabbitmq-local.sh start",
+                "stop": "rabbitmq-local.sh stop + start",
+            }[args.rabbitmq_restart]
+            time.sleep(1.0)
+            res["rss_after_recovery_kb"] = rss_kb()
+        else:
+            res["recovery_mode"] = "skipped (--rabbitmq-restart none)"
+            res["recovered"] = arun(_i_depth(url, queue))
+        # ---- drain
+        sampler = RssSampler(rss_pids)
+        sampler.start()
+        meter = CpuMeter(rss_pids).start()
+        try:
+            drain = arun(_i_drain(url, queue, res["recovered"], args.i_prefetch, 60))
+        finally:
+            cpu_drain = meter.stop()
+            sampler.stop()
+        res.update(drain)
+        res["cpu_drain"] = cpu_drain
+        res["rss_peak_drain_kb"] = sampler.peak_kb
+        time.sleep(1.0)
+        res["rss_after_drain_kb"] = rss_kb()
+    except Exception as e:
+        err = f"{type(e).__name__}: {e}"
+    finally:
+        try:
+            res["cleanup"] = arun(_delete_queue(url, queue))
+        except Exception as e:
+            res["cleanup"] = f"queue.delete failed: {type(e).__name__}: {e}"
+            if broker == "rabbitmq":
+                notes.append(f"could not delete {queue} on RabbitMQ: {res['cleanup']}")
+    if err:
+        verdict = "ERROR"
+    elif res.get("nacked"):
+        verdict = f"NACKED {res['nacked']}"
+    elif res.get("recovered") != n:
+        verdict = f"RECOVERED {res.get('recovered')}/{n}"
+    elif res.get("drained") != n or res.get("depth_after_drain"):
+        verdict = f"INCOMPLETE drained {res.get('drained')}/{n}"
+    else:
+        verdict = "OK"
+    cf, cd = res.get("cpu_fill") or {}, res.get("cpu_drain") or {}
+    perf = {
+        "ok": err is None,
+        "verdict": verdict,
+        "published_rate": res.get("fill_rate"),
+        "confirmed_rate": res.get("fill_rate"),
+        "consumed_rate": res.get("drain_rate"),
+        "latency_us": {},
+        "cpu": {
+            "pids_pct": {"broker": cd.get("broker_pct")},
+            "other_pct": max(cf.get("other_pct") or 0, cd.get("other_pct") or 0),
+        }
+        if cd
+        else {},
+        "notes": notes,
+    }
+    if err:
+        perf["error"] = err
+    res["rss_peak_mb"] = round(
+        max(res.get("rss_peak_fill_kb", 0), res.get("rss_peak_drain_kb", 0)) / 1024, 1
+    )
+    return custom_run_record(args, key, broker, rnd, leveret, res, perf)
+
+
+# --------------------------------------------------------------------------- scenario j
+def _wait_file(path: Path, timeout: float, alive=lambda: True) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                return float(path.read_text())
+        if not alive():
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def run_j(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
+    key = "j"
+    n = args.j_tasks
+    queue = f"lvbench-j-{broker}-{rnd}-{os.getpid()}"
+    busy_before, waited = wait_quiet(args.quiet_busy, args.quiet_wait)
+    u = urllib.parse.urlsplit(url)
+    kombu_url = urllib.parse.urlunsplit(("pyamqp", u.netloc, u.path or "/", "", ""))
+    res: dict = {
+        "tasks": n,
+        "queue": queue,
+        "pool": args.j_pool,
+        "concurrency": args.j_concurrency,
+        "busy_before_pct": busy_before,
+        "quiet_wait_s": waited,
+    }
+    notes: list[str] = []
+    err = None
+    celery = Path(sys.executable).with_name("celery")
+    worker_cmd = [
+        str(celery),
+        "-A",
+        "celery_noop",
+        "worker",
+        "-P",
+        args.j_pool,
+        "-c",
+        str(args.j_concurrency),
+        "--prefetch-multiplier",
+        "4",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "warning",
+    ]
+    res["worker_cmd"] = " ".join(worker_cmd)
+    logs = []
+
+    def start_worker(phase: str, state: Path):
+        env = dict(
+            os.environ,
+            LVBENCH_BROKER_URL=kombu_url,
+            LVBENCH_QUEUE=queue,
+            LVBENCH_EXPECT=str(n),
+            LVBENCH_STATE_DIR=str(state),
+        )
+        logp = out_dir / f"celery-worker-j-{broker}-r{rnd}-{phase}.log"
+        logs.append(logp)
+        f = open(logp, "wb")  # noqa: SIM115
+        p = subprocess.Popen(worker_cmd, cwd=HERE, env=env, stdout=f, stderr=subprocess.STDOUT)
+        p._lvbench_log = f  # type: ignore[attr-defined]
+        return p
+
+    def stop_worker(p) -> int | None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        p._lvbench_log.close()
+        return p.returncode
+
+    def publish(on_go=None) -> dict:
+        """Run the Celery publisher; it imports and connects first, then ``on_go()`` is
+        called (clocks start) and it publishes."""
+        env = dict(
+            os.environ, LVBENCH_BROKER_URL=kombu_url, LVBENCH_QUEUE=queue, LVBENCH_EXPECT=str(n)
+        )
+        p = subprocess.Popen(
+            [sys.executable, str(HERE / "celery_noop.py"), "publish-on-go", str(n)],
+            cwd=HERE,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = p.stdout.readline()
+        if '"ready"' in first:
+            if on_go:
+                on_go()
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        try:
+            out, errtxt = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, errtxt = p.communicate()
+        lines = [ln for ln in (first + out).splitlines() if ln.startswith('{"n"')]
+        if p.returncode != 0 or not lines:
+            raise RuntimeError(f"publisher exit {p.returncode}: {errtxt.strip()[-1500:]}")
+        return json.loads(lines[-1])
+
+    tmp = Path(tempfile.mkdtemp(prefix="lvbench-j-"))
+    try:
+        # ---- phase 1: worker running, the harness publishes n tasks
+        st1 = tmp / "p1"
+        st1.mkdir()
+        w = start_worker("live", st1)
+        try:
+            if _wait_file(st1 / "ready", 60, lambda: w.poll() is None) is None:
+                raise RuntimeError(
+                    f"worker not ready (exit {w.poll()}): "
+                    + logs[-1].read_text(errors="replace")[-1500:]
+                )
+            sampler = RssSampler(rss_pids)
+            sampler.start()
+            meter = CpuMeter(rss_pids, lambda: [w.pid])
+            pub = None
+            try:
+                pub = publish(meter.start)
+                t_done = _wait_file(st1 / "done", args.j_timeout, lambda: w.poll() is None)
+            finally:
+                cpu = meter.stop(extra_client_s=pub["cpu_s"] if pub else 0.0)
+                sampler.stop()
+            res["cpu_live"] = cpu
+            res["rss_peak_kb"] = sampler.peak_kb
+            res["publish_cpu_s"] = pub["cpu_s"]
+            res["publish_s"] = round(pub["t_last"] - pub["t_first"], 3)
+            res["publish_rate"] = n / max(1e-9, pub["t_last"] - pub["t_first"])
+            if t_done is None:
+                raise RuntimeError(
+                    f"phase 1: the {n}th task did not run within {args.j_timeout}"
+                    f" s (worker exit {w.poll()})"
+                )
+            t_first = float((st1 / "first").read_text())
+            res["e2e_s"] = round(t_done - pub["t_first"], 3)
+            res["tasks_per_s"] = n / (t_done - pub["t_first"])
+            res["live_exec_rate"] = (n - 1) / max(1e-9, t_done - t_first)
+        finally:
+            res["worker_exit_live"] = stop_worker(w)
+        # ---- phase 2: n tasks queued first, then a fresh worker drains them
+        st2 = tmp / "p2"
+        st2.mkdir()
+        pub2 = publish()
+        res["publish_rate_no_worker"] = n / max(1e-9, pub2["t_last"] - pub2["t_first"])
+        w = start_worker("backlog", st2)
+        try:
+            meter = CpuMeter(rss_pids, lambda: [w.pid]).start()
+            t_done = _wait_file(st2 / "done", args.j_timeout, lambda: w.poll() is None)
+            cpu2 = meter.stop()
+            if t_done is None:
+                raise RuntimeError(
+                    f"phase 2: the {n}th task did not run within {args.j_timeout}"
+                    f" s (worker exit {w.poll()})"
+                )
+            t_first = float((st2 / "first").read_text())
+            res["backlog_exec_rate"] = (n - 1) / max(1e-9, t_done - t_first)
+            res["cpu_backlog"] = cpu2
+        finally:
+            res["worker_exit_backlog"] = stop_worker(w)
+    except Exception as e:
+        err = f"{type(e).__name__}: {e}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            res["cleanup"] = arun(_delete_queue(url, queue, exchange=queue))
+        except Exception as e:
+            res["cleanup"] = f"cleanup failed: {type(e).__name__}: {e}"
+            if broker == "rabbitmq":
+                notes.append(f"could not delete {queue} on RabbitMQ: {res['cleanup']}")
+    for logp in logs:
+        text = logp.read_text(errors="replace") if logp.exists() else ""
+        bad = [
+            ln for ln in text.splitlines() if "ERROR" in ln or "CRITICAL" in ln or "Traceback" in ln
+        ]
+        if bad:
+            notes.append(f"{logp.name}: " + " | ".join(bad[:5]))
+    cpu = res.get("cpu_live") or {}
+    perf = {
+        "ok": err is None,
+        "verdict": "ERROR" if err else "OK",
+        "published_rate": res.get("publish_rate"),
+        "consumed_rate": res.get("tasks_per_s"),
+        "latency_us": {},
+        "cpu": {"pids_pct": {"broker": cpu.get("broker_pct")}, "other_pct": cpu.get("other_pct")}
+        if cpu
+        else {},
+        "notes": notes,
+    }
+    if err:
+        perf["error"] = err
+    res["rss_peak_mb"] = round(res.get("rss_peak_kb", 0) / 1024, 1)
+    return custom_run_record(args, key, broker, rnd, leveret, res, perf)
+
+
+CUSTOM_RUNNERS = {"h": run_h, "i": run_i, "j": run_j}
+
+
 # --------------------------------------------------------------------------- summary
 def metrics(run: dict) -> dict:
     r = run["perf"]
@@ -554,13 +1566,6 @@ def render_table(args, results: list[dict], selected: list[str]) -> str:
     ]
     for key in selected:
         _, desc, flags = SCENARIO_BY_KEY[key]
-        if flags is None:
-            rows.append(
-                f"| {key} | {desc} |"
-                + " - |" * 10
-                + " **not implemented yet - skipped** (TODO) | - | - |"
-            )
-            continue
         per = {}
         for broker in ("leveret", "rabbitmq"):
             rs = [r for r in results if r["scenario"] == key and r["broker"] == broker]
@@ -574,6 +1579,7 @@ def render_table(args, results: list[dict], selected: list[str]) -> str:
         lv_runs = [r for r in results if r["scenario"] == key and r["broker"] == "leveret"]
         if (
             "--persistent" in flags
+            and key not in CUSTOM
             and cons_ratio != NA
             and lv_runs
             and all(r.get("leveret_data_dir_bytes") == 0 for r in lv_runs)
@@ -586,7 +1592,7 @@ def render_table(args, results: list[dict], selected: list[str]) -> str:
             name = {"leveret": "Leveret", "rabbitmq": "RabbitMQ"}[broker]
             if profiled:
                 name += " (py-spy)"
-            conf = fmt_rate(a["conf"]) if "--confirm" in flags else NA
+            conf = fmt_rate(a["conf"]) if "--confirm" in flags or "confirm" in flags else NA
             is_lv = broker == "leveret"
             rows.append(
                 f"| {key} | {desc} | {name} | {fmt_rate(a['pub'])} | {conf} | "
@@ -615,7 +1621,10 @@ def render_failures(results: list[dict]) -> str:
         )
         parts.append(f"command: `{r['cmd']}`\n")
         if perf.get("error"):
-            parts.append("amqp-perf error (verbatim):\n\n```\n" + str(perf["error"]) + "\n```\n")
+            label = "error" if "custom" in r else "amqp-perf error"
+            parts.append(f"{label} (verbatim):\n\n```\n" + str(perf["error"]) + "\n```\n")
+        if "custom" in r and perf.get("notes"):
+            parts.append("notes: " + "; ".join(perf["notes"]) + "\n")
         if perf.get("totals"):
             t = perf["totals"]
             parts.append(
@@ -637,7 +1646,7 @@ def render_failures(results: list[dict]) -> str:
                 )
                 + "\n"
             )
-        if perf.get("notes"):
+        if perf.get("notes") and "custom" not in r:
             parts.append("amqp-perf notes: " + json.dumps(perf["notes"]) + "\n")
         if r.get("stderr_tail", "").strip():
             tail = "\n".join(r["stderr_tail"].strip().splitlines()[-15:])
@@ -658,7 +1667,7 @@ def render_notes(results: list[dict]) -> str:
     for key in dict.fromkeys(r["scenario"] for r in results):
         flags = SCENARIO_BY_KEY[key][2] or ""
         lv = [r for r in results if r["scenario"] == key and r["broker"] == "leveret"]
-        if "--persistent" in flags and lv:
+        if "--persistent" in flags and lv and key not in CUSTOM:
             written = [r.get("leveret_data_dir_bytes") for r in lv]
             if all(w == 0 for w in written):
                 notes.append(
@@ -670,6 +1679,121 @@ def render_notes(results: list[dict]) -> str:
             else:
                 notes.append(f"- {key}: Leveret data dir size after the run: {written} bytes.")
     return "\n".join(notes)
+
+
+def _mb(kb) -> str:
+    return NA if kb is None else f"{kb / 1024:,.1f}"
+
+
+def _f(v, fmt="{:,.0f}") -> str:
+    return NA if v is None else fmt.format(v)
+
+
+def render_custom(results: list[dict]) -> str:
+    """Detail tables for the built-in scenarios h, i and j (one row per run)."""
+    parts = []
+    name = {"leveret": "Leveret", "rabbitmq": "RabbitMQ"}
+
+    def runs(key):
+        return sorted(
+            (r for r in results if r["scenario"] == key and "custom" in r),
+            key=lambda r: (r["broker"] != "leveret", r["round"]),
+        )
+
+    hs = runs("h")
+    if hs:
+        parts += [
+            "### h: idle connections, then a burst\n",
+            "| broker | round | connections opened | open s | RSS before MB | RSS idle MB "
+            "| KB per idle connection | delivered | publish s | delivered/s | p50 ms | p99 ms "
+            "| max ms | broker CPU % | client CPU % | other CPU % | peak RSS in burst MB "
+            "| verdict |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+            "|---:|---|",
+        ]
+        for r in hs:
+            c, lat, cpu = (
+                r["custom"],
+                r["custom"].get("latency_us") or {},
+                r["custom"].get("cpu") or {},
+            )
+            parts.append(
+                f"| {name[r['broker']]} | {r['round']} | {_f(c.get('connections_opened'))} "
+                f"| {_f(c.get('open_s'), '{:.1f}')} | {_mb(c.get('rss_before_kb'))} "
+                f"| {_mb(c.get('rss_idle_kb'))} | {_f(c.get('kb_per_idle_connection'), '{:.1f}')} "
+                f"| {_f(c.get('delivered'))} | {_f(c.get('publish_s'), '{:.2f}')} "
+                f"| {_f(c.get('delivered_rate'))} | {fmt_ms(lat.get('p50'))} "
+                f"| {fmt_ms(lat.get('p99'))} | {fmt_ms(lat.get('max'))} "
+                f"| {_f(cpu.get('broker_pct'))} | {_f(cpu.get('client_pct'))} "
+                f"| {_f(cpu.get('other_pct'))} | {_mb(c.get('rss_peak_burst_kb'))} "
+                f"| {verdict_of(r)} |"
+            )
+        parts.append(
+            "\nRSS idle is read after the connections have been open and idle for "
+            "`--h-idle` seconds; KB per idle connection = (RSS idle - RSS before) / connections "
+            "(each with a channel, a queue and a consumer). delivered/s = burst messages / "
+            "(last delivery - first publish); latency is per message, publish to delivery. "
+            "CPU is over the burst; client = this harness (consumers and producer, one "
+            "process).\n"
+        )
+    is_ = runs("i")
+    if is_:
+        parts += [
+            "### i: persistent backlog\n",
+            "| broker | round | fill msg/s (confirmed) | fill s | peak RSS fill MB "
+            "| RSS idle w/ backlog MB | disk MB | recovery | recovery s | RSS after recovery MB "
+            "| recovered | drain msg/s | drain s | peak RSS drain MB | broker CPU % fill / drain "
+            "| other CPU % fill / drain | verdict |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        ]
+        for r in is_:
+            c = r["custom"]
+            cf, cd = c.get("cpu_fill") or {}, c.get("cpu_drain") or {}
+            parts.append(
+                f"| {name[r['broker']]} | {r['round']} | {_f(c.get('fill_rate'))} "
+                f"| {_f(c.get('fill_s'), '{:.1f}')} | {_mb(c.get('rss_peak_fill_kb'))} "
+                f"| {_mb(c.get('rss_idle_backlog_kb'))} | {_f(c.get('disk_mb'), '{:,.1f}')} "
+                f"| {c.get('recovery_mode', NA)} | {_f(c.get('recovery_s'), '{:.2f}')} "
+                f"| {_mb(c.get('rss_after_recovery_kb'))} | {_f(c.get('recovered'))} "
+                f"| {_f(c.get('drain_rate'))} | {_f(c.get('drain_s'), '{:.1f}')} "
+                f"| {_mb(c.get('rss_peak_drain_kb'))} "
+                f"| {_f(cf.get('broker_pct'))} / {_f(cd.get('broker_pct'))} "
+                f"| {_f(cf.get('other_pct'))} / {_f(cd.get('other_pct'))} | {verdict_of(r)} |"
+            )
+        parts.append(
+            "\nFill: one producer, publisher confirms with at most `--i-confirm-window` "
+            "unconfirmed, rate = messages / (last confirm - first publish). Recovery s: "
+            "process start (Leveret) or `rabbitmq-local.sh start` (RabbitMQ) until a passive "
+            "queue.declare returns; Leveret recovers before it listens. Drain: one consumer, "
+            "prefetch `--i-prefetch`, one multiple ack per socket read.\n"
+        )
+    js = runs("j")
+    if js:
+        parts += [
+            "### j: Celery no-op tasks\n",
+            "| broker | round | publish tasks/s (worker running) | tasks/s first publish -> "
+            "last executed | worker exec/s (live) | worker exec/s from a backlog "
+            "| broker CPU % | worker + publisher CPU % | other CPU % | broker peak RSS MB "
+            "| verdict |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in js:
+            c, cpu = r["custom"], r["custom"].get("cpu_live") or {}
+            parts.append(
+                f"| {name[r['broker']]} | {r['round']} | {_f(c.get('publish_rate'))} "
+                f"| {_f(c.get('tasks_per_s'))} | {_f(c.get('live_exec_rate'))} "
+                f"| {_f(c.get('backlog_exec_rate'))} | {_f(cpu.get('broker_pct'))} "
+                f"| {_f(cpu.get('client_pct'))} | {_f(cpu.get('other_pct'))} "
+                f"| {_mb(c.get('rss_peak_kb'))} | {verdict_of(r)} |"
+            )
+        parts.append(
+            "\nLive: the worker is running and the harness publishes the tasks (one kombu "
+            "producer, `apply_async`); tasks/s = tasks / (time the last task ran - first "
+            "publish). Backlog: the same number of tasks queued with no worker, then a fresh "
+            "worker; rate = (tasks - 1) / (last - first task executed). CPU is over the live "
+            "phase.\n"
+        )
+    return "\n".join(parts)
 
 
 def render_profiles(results: list[dict]) -> str:
@@ -770,7 +1894,35 @@ def main() -> int:
         "--profile", action="store_true", help="record Leveret with py-spy during each Leveret run"
     )
     ap.add_argument("--profile-rate", type=int, default=200)
+    g = ap.add_argument_group("scenario h (idle connections + burst)")
+    g.add_argument("--h-connections", type=int, default=1000)
+    g.add_argument("--h-messages", type=int, default=50_000, help="burst size")
+    g.add_argument("--h-size", type=int, default=16, help="body bytes (>= 8: timestamp)")
+    g.add_argument("--h-prefetch", type=int, default=20)
+    g.add_argument("--h-idle", type=float, default=5.0, help="idle seconds before the burst")
+    g.add_argument("--h-open-concurrency", type=int, default=50)
+    g.add_argument("--h-timeout", type=float, default=300.0)
+    g = ap.add_argument_group("scenario i (persistent backlog)")
+    g.add_argument("--i-messages", type=int, default=1_000_000)
+    g.add_argument("--i-size", type=int, default=1024)
+    g.add_argument("--i-confirm-window", type=int, default=10_000)
+    g.add_argument("--i-prefetch", type=int, default=500)
+    g.add_argument(
+        "--rabbitmq-restart",
+        choices=("none", "stop", "kill"),
+        default="none",
+        help="i: restart RabbitMQ with the backlog (kill = SIGKILL the node, then "
+        "rabbitmq-local.sh start; stop = graceful stop/start); off by default because the "
+        "node may be shared",
+    )
+    g = ap.add_argument_group("scenario j (Celery)")
+    g.add_argument("--j-tasks", type=int, default=10_000)
+    g.add_argument("--j-pool", default="threads")
+    g.add_argument("--j-concurrency", type=int, default=4)
+    g.add_argument("--j-timeout", type=float, default=300.0)
     args = ap.parse_args()
+    nofile = raise_nofile()
+    log(f"RLIMIT_NOFILE (soft, hard) = {nofile}")
 
     selected = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     unknown = [k for k in selected if k not in SCENARIO_BY_KEY]
@@ -827,13 +1979,7 @@ def main() -> int:
         return lv
 
     try:
-        runnable = [k for k in selected if SCENARIO_BY_KEY[k][2] is not None]
-        for k in selected:
-            if SCENARIO_BY_KEY[k][2] is None:
-                print(
-                    f"scenario {k} ({SCENARIO_BY_KEY[k][1]}): not implemented yet - skipped",
-                    flush=True,
-                )
+        runnable = list(selected)
         if args.reuse_leveret and "leveret" in brokers:
             shared_leveret = new_leveret("shared")
         for rnd in range(1, args.rounds + 1):
@@ -845,32 +1991,49 @@ def main() -> int:
                 for broker in order:
                     log(f"[{key} r{rnd}] {broker}: {desc}")
                     if broker == "leveret":
-                        lv = shared_leveret
+                        # i SIGKILLs its broker, so it always gets a dedicated one
+                        dedicated = not args.reuse_leveret or key == "i"
+                        lv = None if dedicated else shared_leveret
                         if lv is None or not lv.alive():
                             lv = new_leveret(f"{key}-r{rnd}")
-                            if args.reuse_leveret:
+                            if not dedicated:
                                 shared_leveret = lv
                         log_offset = Path(lv.log_path).stat().st_size
                         try:
-                            run = run_amqp_perf(
-                                args,
-                                perf,
-                                broker,
-                                lv.url,
-                                key,
-                                flags,
-                                rnd,
-                                ["--cpu-pid", str(lv.pid)],
-                                lambda lv=lv: [lv.pid],
-                                lv,
-                                out_dir,
-                            )
+                            if key in CUSTOM:
+                                run = CUSTOM_RUNNERS[key](
+                                    args, broker, lv.url, rnd, lambda lv=lv: [lv.pid], lv, out_dir
+                                )
+                            else:
+                                run = run_amqp_perf(
+                                    args,
+                                    perf,
+                                    broker,
+                                    lv.url,
+                                    key,
+                                    flags,
+                                    rnd,
+                                    ["--cpu-pid", str(lv.pid)],
+                                    lambda lv=lv: [lv.pid],
+                                    lv,
+                                    out_dir,
+                                )
                         finally:
-                            if not args.reuse_leveret:
+                            if dedicated:
                                 lv.stop()
-                        run["fresh_leveret"] = not args.reuse_leveret
+                        run["fresh_leveret"] = dedicated
                         run["leveret_error_lines"] = leveret_warning_lines(
                             Path(lv.log_path), log_offset
+                        )
+                    elif key in CUSTOM:
+                        run = CUSTOM_RUNNERS[key](
+                            args,
+                            broker,
+                            args.rabbitmq_url,
+                            rnd,
+                            lambda: pids_by_comm("beam.smp"),
+                            None,
+                            out_dir,
                         )
                     else:
                         run = run_amqp_perf(
@@ -956,6 +2119,9 @@ def main() -> int:
         'RabbitMQ = sampled VmRSS summed over all beam.smp processes. "other CPU" is '
         "machine CPU not attributed to amqp-perf or the broker (contamination).",
     ]
+    custom = render_custom(results)
+    if custom:
+        lines += ["", "## Built-in scenarios h, i, j (per run)", "", custom]
     notes = render_notes(results)
     if notes:
         lines += ["", "Notes:", "", notes]

@@ -54,7 +54,6 @@ class VirtualHost:
             self.exchanges[ex_name] = Exchange(ex_name, ex_type)
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to, see broker.direct_reply
-        self.on_queue_deleted: list[Callable[[Queue], None]] = []
 
     # -- naming helpers --------------------------------------------------------------------
     def _in(self) -> str:
@@ -295,8 +294,6 @@ class VirtualHost:
             consumer.channel.cancel_by_server(consumer)
         queue.consumers.clear()
         queue.drop_all()
-        for hook in self.on_queue_deleted:
-            hook(queue)
         return count
 
     # -- durable definitions ---------------------------------------------------------------
