@@ -447,3 +447,32 @@ def test_delayed_messages_survive_a_restart(broker_process: BrokerProcess) -> No
     else:
         raise AssertionError("the delayed message never arrived after the restart")
     conn.close()
+
+
+def test_one_old_message_does_not_pin_the_log(tmp_path: Path) -> None:
+    """A long-lived message keeps its own segment, not every segment written after it."""
+    from broker.embedded import EmbeddedBroker
+
+    data = tmp_path / "d"
+    with EmbeddedBroker(data_dir=data) as embedded:
+        embedded.broker.store.log.segment_limit = 64 * 1024  # roll often
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("old", durable=True)
+        ch.queue_declare("busy", durable=True)
+        ch.basic_publish("", "old", b"keep me", pika.BasicProperties(delivery_mode=2))
+        for _ in range(300):
+            ch.basic_publish("", "busy", b"x" * 2000, pika.BasicProperties(delivery_mode=2))
+        for _ in range(300):
+            method, _, _ = ch.basic_get("busy")
+            ch.basic_ack(method.delivery_tag)
+        ch.basic_publish("", "busy", b"last", pika.BasicProperties(delivery_mode=2))
+        assert len(list((data / "segments").glob("*.log"))) <= 3
+        conn.close()
+    with EmbeddedBroker(data_dir=data) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        assert _drain(ch, "old") == [(b"keep me", False)]
+        assert _drain(ch, "busy") == [(b"last", False)]
+        conn.close()

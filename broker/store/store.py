@@ -86,6 +86,7 @@ class MessageStore:
         self._sync_again = False
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._live: dict[int, int] = {}  # segment -> queue references still live
+        self._deps: dict[int, set[int]] = {}  # segment -> older segments its removals name
         self.resident_bytes = 0
         self.definitions_source: Callable[[], dict[str, Any]] | None = None
         self._definitions_dirty = False
@@ -154,6 +155,8 @@ class MessageStore:
                     continue
                 try:
                     self._replay((number << records.SEGMENT_SHIFT) | offset, body, queues)
+                    if body[0] in (records.REMOVE, records.PURGE):
+                        self._note_dependencies(number, body)
                 except records.CorruptRecord as error:
                     result.corrupt_records += 1
                     log.warning("skipping an unreadable record at %s:%d: %s",
@@ -177,6 +180,14 @@ class MessageStore:
                  result.message_count, sum(1 for q in queues.values() if q.ids),
                  len(self.log.numbers), time.monotonic() - started)
         return result
+
+    def _note_dependencies(self, number: int, body: bytes) -> None:
+        deps = self._deps.setdefault(number, set())
+        if body[0] == records.PURGE:
+            deps.update(n for n in self.log.numbers if n < number)  # type: ignore[union-attr]
+        else:
+            deps.update(i >> records.SEGMENT_SHIFT for i in records.parse_id_list(body)[1])
+        deps.discard(number)
 
     @staticmethod
     def _replay(msg_id: int, body: bytes, queues: dict[QueueKey, RecoveredQueue]) -> None:
@@ -325,17 +336,23 @@ class MessageStore:
                 position += len(record)
                 self._live[segment] = self._live.get(segment, 0) + len(queues)
                 written.append(message)
+            deps = self._deps.setdefault(segment, set())
+            if self._purges:  # a purge speaks of every older segment
+                deps.update(n for n in self.log.numbers if n != segment)
             for kind, lists in ((records.REMOVE, self._removes),
                                 (records.DELIVERED, self._delivered)):
                 for queue, messages in lists.items():
                     ids = [m.msg_id for m in messages if m.msg_id is not None]
                     if kind == records.REMOVE:
                         ids += self._removed_ids.pop(queue, [])
+                        deps.update(i >> records.SEGMENT_SHIFT for i in ids)
                     if ids:
                         parts.append(records.id_list(kind, queue, ids))
             for queue, ids in self._removed_ids.items():
+                deps.update(i >> records.SEGMENT_SHIFT for i in ids)
                 parts.append(records.id_list(records.REMOVE, queue, ids))
             self._removed_ids.clear()
+            deps.discard(segment)
             self._pending.clear()
             self._removes.clear()
             self._delivered.clear()
@@ -414,14 +431,31 @@ class MessageStore:
                 message.body = None  # the header stays: routing and policies read it
 
     def _drop_dead_segments(self) -> None:
+        """Delete segment files that no longer hold anything a restart would need.
+
+        A segment can go once it has no live message and every older segment its REMOVE or
+        PURGE records speak of is gone already (else those removals would be forgotten and
+        the older messages come back). So one long-lived message pins only its own segment
+        and the few that settle messages in it, not the whole log after it.
+        """
         assert self.log is not None
         numbers = self.log.numbers
-        while len(numbers) > 1 and numbers[0] != self.log.current and not self._live.get(
-                numbers[0]):
-            number = numbers[0]
-            self._live.pop(number, None)
-            self.log.delete(number)
-            log.debug("deleted fully acknowledged segment %d", number)
+        current = self.log.current
+        changed = True
+        while changed:
+            changed = False
+            present = set(numbers)
+            for number in list(numbers):
+                if number == current or self._live.get(number):
+                    continue
+                if any(dep in present for dep in self._deps.get(number, ())):
+                    continue
+                self._live.pop(number, None)
+                self._deps.pop(number, None)
+                self.log.delete(number)
+                present.discard(number)
+                changed = True
+                log.debug("deleted fully acknowledged segment %d", number)
 
     def close(self) -> None:
         """Flush everything and release the directory."""
