@@ -5,6 +5,10 @@ the broker's peak RSS, SIGKILLs it, restarts it on the same data directory (reco
 and RSS after recovery), then drains the queue with one consumer (drain rate, peak RSS).
 
     .venv/bin/python benchmarks/backlog.py --messages 1000000 --size 1024
+
+Stand-alone, Leveret only (working tree), pika client. ``run.py --scenarios i`` runs the same
+measurement against Leveret and RabbitMQ side by side, with a faster client (amqp_lite.py)
+and publisher confirms.
 """
 
 from __future__ import annotations

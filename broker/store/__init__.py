@@ -10,7 +10,8 @@ Layout of a data directory (format version 1)::
 Records (``records.py``): PUBLISH carries one persistent message once, with the names of
 every durable queue it went to; REMOVE, DELIVERED and PURGE record what happened to it in a
 queue. A restart replays the segments in order and rebuilds every queue in publish order.
-A segment file is deleted once it and every older segment hold no live message.
+A segment file is deleted once it holds no live message and no older segment still needs
+its removal records.
 """
 
 from broker.store.store import MessageStore, StoreError
