@@ -476,3 +476,42 @@ def test_one_old_message_does_not_pin_the_log(tmp_path: Path) -> None:
         assert _drain(ch, "old") == [(b"keep me", False)]
         assert _drain(ch, "busy") == [(b"last", False)]
         conn.close()
+
+
+def test_disk_full_write_nacks_and_keeps_the_log_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC during a write: the publishes it carried are nacked, nothing torn is left."""
+    import errno
+
+    from broker.embedded import EmbeddedBroker
+    from broker.store import segments
+
+    data = tmp_path / "d"
+    real_write = os.write
+    failing = {"on": False}
+
+    def write(fd: int, chunk: bytes) -> int:
+        if failing["on"]:
+            real_write(fd, bytes(chunk)[:7])  # a partial record reaches the file, then ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, chunk)
+
+    monkeypatch.setattr(segments.os, "write", write)
+    with EmbeddedBroker(data_dir=data) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "q", b"before", pika.BasicProperties(delivery_mode=2))
+        failing["on"] = True
+        with pytest.raises(pika.exceptions.NackError):
+            ch.basic_publish("", "q", b"refused", pika.BasicProperties(delivery_mode=2))
+        failing["on"] = False
+        ch.basic_publish("", "q", b"after", pika.BasicProperties(delivery_mode=2))
+        conn.close()
+    with EmbeddedBroker(data_dir=data) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        bodies = [body for body, _ in _drain(conn.channel(), "q")]
+        conn.close()
+    assert bodies == [b"before", b"after"]
