@@ -614,6 +614,16 @@ def rabbitmq_node_pid(url: str) -> int | None:
     return max(pids, key=lambda p: read_status(p).get("VmRSS", 0)) if pids else None
 
 
+def rabbitmq_server_pids() -> list[int]:
+    """beam.smp processes that are RabbitMQ nodes (``-s rabbit boot``), not rabbitmqctl."""
+    out = []
+    for pid in pids_by_comm("beam.smp"):
+        with contextlib.suppress(OSError):
+            if b"\0rabbit\0boot\0" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
+
+
 def dir_bytes(path: str | Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -895,7 +905,9 @@ def run_h(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
     perf = {
         "ok": err is None,
         "verdict": verdict,
-        "published_rate": (res["published"] / res["publish_s"]) if res.get("publish_s") else None,
+        # the whole burst goes into the socket within milliseconds: a publish rate would only
+        # measure socket buffers (publish_s is in the detail table)
+        "published_rate": None,
         "consumed_rate": res.get("delivered_rate"),
         "latency_us": lat,
         "cpu": {"pids_pct": {"broker": cpu.get("broker_pct")}, "other_pct": cpu.get("other_pct")}
@@ -1178,7 +1190,15 @@ def run_i(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
             notes.append("RabbitMQ disk_mb is the growth of its mnesia dir during the fill")
         # ---- crash + recovery
         if leveret is not None:
-            rec = leveret.kill_and_restart()
+            sampler = RssSampler(rss_pids, interval=0.05)
+            sampler.start()
+            try:
+                rec = leveret.kill_and_restart()
+            finally:
+                sampler.stop()
+            # the new process's VmHWM right after it listens = its peak while recovering
+            hwm = read_status(leveret.pid).get("VmHWM")
+            res["rss_peak_recovery_kb"] = max(sampler.peak_kb, hwm or 0)
             if rec is None:
                 raise RuntimeError(f"Leveret did not come back after SIGKILL: {leveret.log_tail()}")
             t_listen = time.monotonic()
@@ -1193,7 +1213,14 @@ def run_i(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
             notes.append(f"RabbitMQ restart skipped, connections open: {foreign[:5]}")
             res["recovered"] = arun(_i_depth(url, queue))
         elif args.rabbitmq_restart != "none":
-            rr = restart_rabbitmq(url, args.rabbitmq_restart)
+            # node processes only: rabbitmq-local.sh start runs rabbitmqctl (another beam.smp)
+            sampler = RssSampler(rabbitmq_server_pids, interval=0.05)
+            sampler.start()
+            try:
+                rr = restart_rabbitmq(url, args.rabbitmq_restart)
+            finally:
+                sampler.stop()
+            res["rss_peak_recovery_kb"] = sampler.peak_kb
             if rr["rc"] != 0:
                 raise RuntimeError(f"rabbitmq-local.sh start failed: {rr['out']}")
             deadline = time.monotonic() + 600
@@ -1267,7 +1294,13 @@ def run_i(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
     if err:
         perf["error"] = err
     res["rss_peak_mb"] = round(
-        max(res.get("rss_peak_fill_kb", 0), res.get("rss_peak_drain_kb", 0)) / 1024, 1
+        max(
+            res.get("rss_peak_fill_kb", 0),
+            res.get("rss_peak_recovery_kb", 0),
+            res.get("rss_peak_drain_kb", 0),
+        )
+        / 1024,
+        1,
     )
     return custom_run_record(args, key, broker, rnd, leveret, res, perf)
 
@@ -1741,10 +1774,11 @@ def render_custom(results: list[dict]) -> str:
         parts += [
             "### i: persistent backlog\n",
             "| broker | round | fill msg/s (confirmed) | fill s | peak RSS fill MB "
-            "| RSS idle w/ backlog MB | disk MB | recovery | recovery s | RSS after recovery MB "
+            "| RSS idle w/ backlog MB | disk MB | recovery | recovery s | peak RSS recovering MB "
+            "| RSS after recovery MB "
             "| recovered | drain msg/s | drain s | peak RSS drain MB | broker CPU % fill / drain "
             "| other CPU % fill / drain | verdict |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
         ]
         for r in is_:
             c = r["custom"]
@@ -1754,6 +1788,7 @@ def render_custom(results: list[dict]) -> str:
                 f"| {_f(c.get('fill_s'), '{:.1f}')} | {_mb(c.get('rss_peak_fill_kb'))} "
                 f"| {_mb(c.get('rss_idle_backlog_kb'))} | {_f(c.get('disk_mb'), '{:,.1f}')} "
                 f"| {c.get('recovery_mode', NA)} | {_f(c.get('recovery_s'), '{:.2f}')} "
+                f"| {_mb(c.get('rss_peak_recovery_kb'))} "
                 f"| {_mb(c.get('rss_after_recovery_kb'))} | {_f(c.get('recovered'))} "
                 f"| {_f(c.get('drain_rate'))} | {_f(c.get('drain_s'), '{:.1f}')} "
                 f"| {_mb(c.get('rss_peak_drain_kb'))} "
