@@ -515,3 +515,21 @@ def test_disk_full_write_nacks_and_keeps_the_log_intact(
         bodies = [body for body, _ in _drain(conn.channel(), "q")]
         conn.close()
     assert bodies == [b"before", b"after"]
+
+
+def test_segments_roll_under_a_steady_stream(tmp_path: Path) -> None:
+    """With an fsync always in flight, the log still moves on to new segment files."""
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(data_dir=tmp_path / "d") as embedded:
+        embedded.broker.store.log.segment_limit = 64 * 1024
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        ch.queue_declare("stream", durable=True)
+        for _ in range(1000):  # no confirms: the publisher never waits for an fsync
+            ch.basic_publish("", "stream", b"y" * 2000, pika.BasicProperties(delivery_mode=2))
+        ch.queue_declare("stream", passive=True)
+        sizes = [p.stat().st_size for p in (tmp_path / "d" / "segments").glob("*.log")]
+        assert len(sizes) > 5  # a segment may pass the limit by one group commit, no more
+        assert max(sizes) < 1024 * 1024
+        conn.close()

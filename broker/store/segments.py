@@ -29,6 +29,7 @@ class SegmentLog:
         self._readers: dict[int, int] = {}  # segment number -> fd for reading
         self.current = 0
         self._fd = -1
+        self._retired: list[int] = []  # full segments' descriptors, closed once unused
         self.size = 0
 
     def open_for_append(self) -> None:
@@ -58,17 +59,27 @@ class SegmentLog:
         self.size += written
 
     def sync(self) -> None:
+        """fsync the current segment (safe from a worker thread: see ``roll_if_full``)."""
         os.fsync(self._fd)
 
     def roll_if_full(self) -> bool:
-        """Start a new segment when the current one is past the limit."""
+        """Start a new segment when the current one is past the limit.
+
+        The full segment is fsynced here; its descriptor is closed later, by
+        ``close_retired``, once no worker can still be fsyncing it.
+        """
         if self.size < self.segment_limit:
             return False
         os.fsync(self._fd)
-        os.close(self._fd)
+        self._retired.append(self._fd)
         self.numbers.append(self.current + 1)
         self.open_for_append()
         return True
+
+    def close_retired(self) -> None:
+        for fd in self._retired:
+            os.close(fd)
+        self._retired.clear()
 
     def read(self, position: int) -> bytes:
         """The body of the record at ``position``; raises CorruptRecord if damaged."""
@@ -103,6 +114,7 @@ class SegmentLog:
             os.fsync(handle.fileno())
 
     def close(self) -> None:
+        self.close_retired()
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)

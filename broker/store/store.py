@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import time
 from array import array
@@ -145,7 +146,7 @@ class MessageStore:
         queues = result.queues
         for number in list(self.log.numbers):
             path = self.log.directory / f"{number:08d}.log"
-            data = path.read_bytes()
+            data = _map(path)
             good_end = 0
             for offset, body, end in records.scan(data):
                 good_end = end
@@ -161,7 +162,8 @@ class MessageStore:
                     result.corrupt_records += 1
                     log.warning("skipping an unreadable record at %s:%d: %s",
                                 path.name, offset, error)
-            del data
+            if isinstance(data, mmap.mmap):
+                data.close()
             if good_end < path.stat().st_size:
                 cut = path.stat().st_size - good_end
                 result.truncated_bytes += cut
@@ -321,8 +323,7 @@ class MessageStore:
         parts: list[bytes] = []
         if (self._pending or self._removes or self._delivered or self._purges
                 or self._removed_ids):
-            if self._sync_future is None:  # never close a file a worker is fsyncing
-                self.log.roll_if_full()
+            self.log.roll_if_full()
             position = self.log.position()
             parts = [records.purge(queue) for queue in self._purges]
             position += sum(len(p) for p in parts)
@@ -370,6 +371,7 @@ class MessageStore:
         if self.resident_bytes > self.resident_budget:
             self._evict(written)
         if self._sync_future is None:
+            self.log.close_retired()
             self._drop_dead_segments()
 
     # -- fsync off the event loop -----------------------------------------------------------
@@ -408,7 +410,8 @@ class MessageStore:
         if self._sync_again or self._sync_waiters:
             self._sync_again = False
             self._start_sync()
-        else:
+        elif self.log is not None:
+            self.log.close_retired()
             self._drop_dead_segments()
 
     def _write_failed(self, error: OSError, written: list[Message]) -> None:
@@ -471,3 +474,11 @@ class MessageStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _map(path: Path) -> mmap.mmap | bytes:
+    """A segment's bytes without reading it all into memory (page cache only)."""
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
