@@ -305,7 +305,9 @@ class Channel:
 
     # -- delivering ------------------------------------------------------------------------
     def can_deliver(self) -> bool:
-        return self.flow_active and not self.closing and self.connection.writable
+        """Whether a delivery may be written now: the channel is usable and the connection's
+        socket is keeping up (this iteration's output is bounded)."""
+        return self.flow_active and not self.closing and self.connection.can_write()
 
     @property
     def unacked_count(self) -> int:
@@ -329,6 +331,7 @@ class Channel:
         if message.refs and queue.persists:
             queue.stored_delivery(message, consumer.no_ack)
         conn = self.connection
+        conn.out_bytes += len(message.body)
         fastpath.write_delivery(
             conn.out,
             self.number,

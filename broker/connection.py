@@ -35,6 +35,10 @@ _CHANNEL_CLOSE_OK = commands.Channel.CloseOk.index
 _CONNECTION_CLOSE = commands.Connection.Close.index
 _CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 
+# Frame parts (about 6 per delivery) one connection may gather in one loop iteration.
+OUT_BATCH_PARTS = 6 * 1024
+OUT_BATCH_BYTES = 1024 * 1024  # and message bodies
+
 # States of the connection's life.
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
 
@@ -76,6 +80,8 @@ class Connection(asyncio.Protocol):
         self.reader = FrameReader(frame_max=self.config.frame_max)
         self._header_buffer = b""
         self.out: list[bytes] = []
+        self._out_full = False
+        self.out_bytes = 0  # message bodies gathered in self.out this iteration
         self._flush_scheduled = False
         self._confirm_channels: dict[Channel, None] = {}
         self.writable = True
@@ -160,12 +166,24 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
+    def can_write(self) -> bool:
+        """Room for more deliveries: the transport is not paused and this loop iteration's
+        output is under OUT_BATCH_PARTS and OUT_BATCH_BYTES (so one busy publisher cannot
+        balloon memory)."""
+        if not self.writable:
+            return False
+        if len(self.out) < OUT_BATCH_PARTS and self.out_bytes < OUT_BATCH_BYTES:
+            return True
+        self._out_full = True
+        return False
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._confirm_channels:
             channels, self._confirm_channels = self._confirm_channels, {}
             for channel in channels:
                 channel.pending_confirms(self.out)
+        self.out_bytes = 0
         if self.out and self.transport is not None and not self.transport.is_closing():
             data = b"".join(self.out)
             self.out.clear()
@@ -173,6 +191,11 @@ class Connection(asyncio.Protocol):
             self.last_sent = time.monotonic()
         else:
             self.out.clear()
+        if self._out_full:  # deliveries held back for this iteration may go now
+            self._out_full = False
+            if self.writable:
+                for channel in self.channels.values():
+                    channel.wake_queues()
 
     def send_method(self, channel: int, method: Method) -> None:
         self.out.append(method_frame(channel, encode_method(method)))

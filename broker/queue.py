@@ -38,6 +38,8 @@ SPILL_DELAY = 0.05  # seconds: after the store's group commit has given messages
 
 FLOW_HIGH = 10_000
 FLOW_LOW = 5_000
+FLOW_HIGH_BYTES = 64 * 1024 * 1024  # the same, by the size of the ready bodies
+FLOW_LOW_BYTES = 32 * 1024 * 1024
 
 
 def _int_arg(arguments: dict[str, Any], name: str) -> int | None:
@@ -88,8 +90,7 @@ class Queue:
             PriorityReady(max_priority) if max_priority else FifoReady()
         )
         self._spill_timer: asyncio.TimerHandle | None = None
-        self.ready_bytes = 0  # kept only when x-max-length-bytes applies
-        self._counts_bytes = self.max_length_bytes is not None
+        self.ready_bytes = 0  # bodies of ready messages, for byte limits and flow control
         self.consumers: list[Consumer] = []
         self.unacked = 0  # deliveries handed out and not yet settled
         self.bindings: set[tuple[Exchange, str, Any]] = set()  # (source, key, frozen args)
@@ -149,9 +150,9 @@ class Queue:
                 return True
         ready = self.ready
         ready.push(entry)
-        if self._counts_bytes:
-            self.ready_bytes += _size(message)
-        if self.consumers and len(ready) > self.flow_high:
+        body = message.body
+        self.ready_bytes += len(body) if body is not None else _size(message)
+        if self.consumers and (len(ready) > self.flow_high or self.ready_bytes > FLOW_HIGH_BYTES):
             self.backlogged = True
         if (self.persists and self._spill_timer is None and self.max_length_bytes is None
                 and self.ready.in_memory > SPILL_AT):
@@ -184,9 +185,13 @@ class Queue:
             self.forget(dropped)
 
     def _pop(self) -> Entry:
-        entry = self.ready.pop()
-        if self._counts_bytes:
-            self.ready_bytes -= _size(entry.message)
+        ready = self.ready
+        entry = ready.pop()
+        if ready:
+            body = entry.message.body
+            self.ready_bytes -= len(body) if body is not None else _size(entry.message)
+        else:
+            self.ready_bytes = 0  # exact again (recovered disk-only messages are not counted)
         return entry
 
     # -- messages out ---------------------------------------------------------------------
@@ -518,7 +523,8 @@ class Queue:
                 break
             consumer.channel.deliver(consumer, entry)
             delivered += 1
-        if self.backlogged and len(ready) <= self.flow_low:
+        if self.backlogged and len(ready) <= self.flow_low and (
+                self.ready_bytes <= FLOW_LOW_BYTES):
             self.release_publishers()
         return bool(ready) and delivered >= budget
 
