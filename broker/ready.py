@@ -112,11 +112,20 @@ class FifoReady:
     def spill(self, keep: int) -> int:
         """Move stored entries beyond the first ``keep`` to disk only; returns how many."""
         moved: list[Entry] = []
-        if not self._spill_len:  # then the tail is empty too: spill the end of the head
+        if not self._spill_len:  # then the tail is empty too: split the head after `keep`
             items = self._items
-            while len(items) > keep and spillable(items[-1]):
-                moved.append(items.pop())
-            moved.reverse()
+            if len(items) <= keep:
+                return 0
+            rest = [items.pop() for _ in range(len(items) - keep)]
+            rest.reverse()
+            count = 0
+            while count < len(rest) and spillable(rest[count]):
+                count += 1
+            if not count:  # nothing stored yet right after the kept head: try later
+                items.extend(rest)
+                return 0
+            moved = rest[:count]
+            self._tail.extend(rest[count:])  # not yet written: stays in memory, after the spill
         else:  # the spill grows at its end, from the front of the tail
             tail = self._tail
             while tail and spillable(tail[0]):
