@@ -48,3 +48,26 @@ def test_internal_error_closes_only_that_connection(broker, monkeypatch) -> None
     bystander_channel.basic_publish("", queue, b"still here")
     assert bystander_channel.basic_get(queue, auto_ack=True)[2] == b"still here"
     bystander.close()
+
+
+def test_message_above_max_size_is_406() -> None:
+    """max_message_size as RabbitMQ's: a bigger body closes the channel with 406."""
+    from pika.exceptions import ChannelClosedByBroker
+
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(max_message_size=4096) as embedded:
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.basic_publish("", queue, b"x" * 4096)
+        ch.basic_publish("", queue, b"x" * 4097)
+        with pytest.raises(ChannelClosedByBroker) as closed:
+            ch.queue_declare(queue, passive=True)
+        assert (closed.value.reply_code, closed.value.reply_text) == (
+            406,
+            "PRECONDITION_FAILED - message size 4097 is larger than configured max size 4096",
+        )
+        ch = conn.channel()
+        assert ch.queue_declare(queue, passive=True).method.message_count == 1
+        conn.close()
