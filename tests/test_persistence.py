@@ -533,3 +533,28 @@ def test_segments_roll_under_a_steady_stream(tmp_path: Path) -> None:
         assert len(sizes) > 5  # a segment may pass the limit by one group commit, no more
         assert max(sizes) < 1024 * 1024
         conn.close()
+
+
+def test_disk_alarm_blocks_and_unblocks_publishers(tmp_path: Path) -> None:
+    """Free disk below the limit: connection.blocked, as RabbitMQ's disk alarm; then unblocked."""
+    from broker.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(
+        data_dir=tmp_path / "d", disk_free_limit=0, resource_check_interval=0.1
+    ) as embedded:
+        events: list[str] = []
+        conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
+        conn.add_on_connection_blocked_callback(lambda _c, m: events.append(m.method.reason))
+        conn.add_on_connection_unblocked_callback(lambda _c, _m: events.append("unblocked"))
+        embedded.broker.config.disk_free_limit = 10**18  # the disk is "full"
+        deadline = time.monotonic() + 5
+        while not events and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        assert events == ["low on disk"]
+        embedded.broker.config.disk_free_limit = 0  # space is back
+        deadline = time.monotonic() + 5
+        while "unblocked" not in events and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.1)
+        assert events == ["low on disk", "unblocked"]
+        conn.channel().queue_declare("", exclusive=True)
+        conn.close()
