@@ -145,10 +145,10 @@ def main() -> None:
         if method is None:
             break
         drained += 1
-        if drained % 250 == 0:
+        last = drained == result["recovered"]
+        if drained % 250 == 0 or last:  # once per tag: acking a tag twice closes the channel
             channel.basic_ack(method.delivery_tag, multiple=True)
-        if drained == result["recovered"]:
-            channel.basic_ack(method.delivery_tag, multiple=True)
+        if last:
             break
     result["drain_rate"] = round(drained / (time.monotonic() - began))
     result["drained"] = drained

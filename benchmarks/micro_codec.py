@@ -11,7 +11,7 @@ One "message" is what a broker does per message in a 1p/1c manual-ack flow:
 * ack in      - split the basic.ack frame out of the stream and decode (tag, multiple).
 
 Leveret: ``protocol.framing.FrameReader`` + ``protocol.fastpath`` (``decode_publish``,
-``content_body_size``/``property_flags``, ``deliver_method``, ``write_delivery``,
+``content_header_fields``, ``deliver_method``, ``write_delivery``,
 ``decode_ack``), the same calls ``broker/channel.py`` makes. The header payload is forwarded
 as received; nothing is re-encoded.
 pamqp: the generic ``pamqp.frame.unmarshal`` / ``pamqp.frame.marshal`` for the same frames,
@@ -94,8 +94,7 @@ def leveret_publish_in(reader: FrameReader, data: bytes):
             if method_index(payload) == 0x003C0028:  # basic.publish
                 pub = fastpath.decode_publish(payload)
         elif frame_type == 2:
-            fastpath.content_body_size(payload)
-            fastpath.property_flags(payload) & fastpath.FLAG_USER_ID
+            fastpath.content_header_fields(payload)[2] & fastpath.FLAG_USER_ID
             header = payload
         else:
             body = payload
@@ -133,8 +132,7 @@ def bench_leveret(n: int, publish: bytes, ack: bytes, batch: int) -> float:
     write = fastpath.write_delivery
     decode_publish = fastpath.decode_publish
     decode_ack = fastpath.decode_ack
-    body_size = fastpath.content_body_size
-    flags = fastpath.property_flags
+    header_fields = fastpath.content_header_fields
     user_flag = fastpath.FLAG_USER_ID
     feed = reader.feed
     tag = 0
@@ -148,8 +146,7 @@ def bench_leveret(n: int, publish: bytes, ack: bytes, batch: int) -> float:
                 if method_index(payload) == 0x003C0028:
                     pub = decode_publish(payload)
             elif frame_type == 2:
-                body_size(payload)
-                flags(payload) & user_flag
+                header_fields(payload)[2] & user_flag
                 header = payload
             else:
                 msgs.append((pub, header, payload))

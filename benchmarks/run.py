@@ -1190,7 +1190,10 @@ def run_i(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
             notes.append("RabbitMQ disk_mb is the growth of its mnesia dir during the fill")
         # ---- crash + recovery
         if leveret is not None:
-            sampler = RssSampler(rss_pids, interval=0.05)
+            # the new process only: a first sample of the old one (still holding the
+            # backlog until the SIGKILL lands) would count as the recovery peak
+            old_pid = leveret.pid
+            sampler = RssSampler(lambda: [p for p in rss_pids() if p != old_pid], interval=0.05)
             sampler.start()
             try:
                 rec = leveret.kill_and_restart()
