@@ -2,8 +2,8 @@
 
 Feeds raw AMQP bytes to two Connection objects (a publisher and a consumer) over fake
 transports and runs the event loop: publish in -> route -> queue -> deliver out (-> ack in).
-It measures the broker's own CPU time per message (process time), free of network and client noise, so
-hot-path changes can be compared quickly:
+It measures the broker's own CPU time per message (process time), free of network and
+client noise, so hot-path changes can be compared quickly:
 
     .venv/bin/python benchmarks/micro_broker.py [--messages 200000] [--ack] [--size 16]
 """
