@@ -45,11 +45,12 @@ def rss_mb(pid: int) -> float:
 
 
 class Sampler(threading.Thread):
-    """Samples a process's RSS every 50 ms and keeps the peak."""
+    """Samples a process's RSS every ``interval`` seconds and keeps the peak."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.interval = interval
         self.peak = 0.0
         self.running = True
 
@@ -59,7 +60,7 @@ class Sampler(threading.Thread):
                 self.peak = max(self.peak, rss_mb(self.pid))
             except OSError:
                 return
-            time.sleep(0.05)
+            time.sleep(self.interval)
 
     def stop(self) -> float:
         self.running = False

@@ -56,7 +56,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from pamqp import frame as pframe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import amqp_lite
+from backlog import Sampler, free_port, rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 EXCHANGE = "lvbench-delayed-x"
@@ -78,20 +78,6 @@ _DUE = struct.Struct(">d")
 
 
 # ---------------------------------------------------------------------------- broker process
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def cpu_s(pid: int) -> float:
     """utime + stime of a process, seconds."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -105,29 +91,6 @@ def machine_cpu_s() -> float:
         values = [int(v) for v in stat.readline().split()[1:]]
     idle = values[3] + values[4]
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class Sampler(threading.Thread):
-    """Samples a process's RSS every 100 ms and keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = 0.0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except OSError:
-                return
-            time.sleep(0.1)
-
-    def stop(self) -> float:
-        self.running = False
-        self.join()
-        return self.peak
 
 
 def start_leveret(port: int, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, float]:
@@ -373,7 +336,7 @@ def main() -> None:
         result["broker_log"] = str(workdir / "broker.log")
         result["startup_s"] = round(startup, 3)
         result["rss_mb_idle"] = round(rss_mb(broker.pid), 1)
-    sampler = Sampler(broker.pid) if broker else None
+    sampler = Sampler(broker.pid, interval=0.1) if broker else None
     if sampler:
         sampler.start()
     try:
