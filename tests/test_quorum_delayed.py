@@ -409,6 +409,47 @@ def test_delayed_message_fanout_type(broker: Broker, unique: str) -> None:
 
 
 @pytest.mark.leveret_only
+def test_delayed_message_keeps_cc_and_expiration(broker: Broker, unique: str) -> None:
+    """When due, a held message is routed with its CC keys, BCC is removed, and its
+    expiration still applies in the queue it reaches."""
+    with pika_channel(broker.url) as (_conn, ch):
+        ex, q = _delayed_exchange(ch, unique)
+        cc_queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(cc_queue, ex, "cc")
+        bcc_queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(bcc_queue, ex, "bcc")
+        headers = {"x-delay": 100, "CC": ["cc"], "BCC": ["bcc"]}
+        ch.basic_publish(ex, "k", b"m", pika.BasicProperties(headers=headers, expiration="60000"))
+        for queue in (q, cc_queue, bcc_queue):
+            _method, props, body = _get_wait(ch, queue, timeout=1.0, auto_ack=True)
+            assert body == b"m"
+            assert props.expiration == "60000"
+            assert props.headers["CC"] == ["cc"]
+            assert "BCC" not in props.headers
+        ch.basic_publish(ex, "k", b"e", pika.BasicProperties(headers={"x-delay": 50},
+                                                                expiration="100"))
+        time.sleep(0.4)
+        assert ch.basic_get(q, auto_ack=True)[0] is None  # expired 100 ms after it was due
+
+
+@pytest.mark.leveret_only
+def test_delayed_messages_of_a_deleted_exchange_are_dropped(broker: Broker, unique: str) -> None:
+    """Deleting the exchange drops what it held, even if one of that name comes back."""
+    with pika_channel(broker.url) as (_conn, ch):
+        ex, q = _delayed_exchange(ch, unique)
+        ch.basic_publish(ex, "k", b"old", pika.BasicProperties(headers={"x-delay": 150}))
+        ch.exchange_delete(ex)
+        ch.exchange_declare(
+            ex, "x-delayed-message", auto_delete=True, arguments={"x-delayed-type": "direct"}
+        )
+        ch.queue_bind(q, ex, "k")
+        ch.basic_publish(ex, "k", b"new", pika.BasicProperties(headers={"x-delay": 200}))
+        _method, _props, body = _get_wait(ch, q, timeout=1.0, auto_ack=True)
+        assert body == b"new"
+        assert ch.basic_get(q, auto_ack=True)[0] is None
+
+
+@pytest.mark.leveret_only
 @pytest.mark.parametrize("arguments", [{}, {"x-delayed-type": "nope"}, {"x-delayed-type": 1}])
 def test_delayed_exchange_needs_a_valid_type(
     broker: Broker, unique: str, arguments: dict[str, Any]
