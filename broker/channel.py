@@ -53,6 +53,18 @@ def _expected_body() -> errors.AMQPError:
     )
 
 
+# Properties whose check has an effect (the TTL noted, reply_to rewritten): never cached.
+_NOT_PLAIN = fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION | fastpath.FLAG_REPLY_TO
+_CACHE_SIZE = 64
+
+
+def _remember(cache: dict, key: bytes, value: object) -> None:
+    """Keep ``key`` in a small per-channel cache (emptied when full: no unbounded growth)."""
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+
 class Channel:
     """Per-channel state shared by the method handlers."""
 
@@ -90,6 +102,8 @@ class Channel:
         self._body: list[bytes] = []
         self._body_remaining = 0
         self._ttl: int | None = None  # expiration of the message being received, in ms
+        self._publish_cache: dict[bytes, tuple[fastpath.Publish, Exchange]] = {}
+        self._plain_headers: dict[bytes, None] = {}  # headers accepted with nothing to note
 
     # -- frames ----------------------------------------------------------------------------
     def handle_frame(self, frame_type: int, payload: bytes) -> None:
@@ -130,7 +144,35 @@ class Channel:
                 raise error.with_method(index >> 16, index & 0xFFFF) from None
 
     # -- publishing ------------------------------------------------------------------------
+    def handle_publish(self, method: bytes, header: bytes, body: bytes | None) -> None:
+        """A whole basic.publish at once (the frame reader fused its three frames): the same
+        checks and errors, in the same order, as frame by frame, in one step."""
+        try:
+            if self._publish is not None:
+                raise (_expected_header if self._header is None else _expected_body)()
+            # Publishers repeat the same method and header bytes: both are checked once.
+            cached = self._publish_cache.get(method)
+            if cached is not None and self.vhost.exchanges.get(cached[0].exchange) is cached[1]:
+                publish, exchange = cached
+            else:
+                publish = fastpath.decode_publish(method)
+                exchange = self._publish_exchange(publish)
+                _remember(self._publish_cache, method, (publish, exchange))
+            if header not in self._plain_headers:
+                _size, accepted = self._accept_header(header)
+                if accepted is header and not fastpath.property_flags(header) & _NOT_PLAIN:
+                    _remember(self._plain_headers, header, None)
+                header = accepted
+            self._publish_message(publish, exchange, header, b"" if body is None else body)
+        except errors.ChannelError as error:
+            self.close_with_error(error)
+
     def _on_publish(self, publish: fastpath.Publish) -> None:
+        self._exchange = self._publish_exchange(publish)
+        self._publish = publish
+
+    def _publish_exchange(self, publish: fastpath.Publish) -> Exchange:
+        """The exchange a publish names; 540/404/403 as RabbitMQ when it cannot be used."""
         try:
             if publish.immediate:
                 raise errors.NotImplemented_("immediate=true")
@@ -144,15 +186,23 @@ class Channel:
                 )
         except errors.AMQPError as error:
             raise error.with_method(c.CLASS_BASIC, 40) from None
-        self._publish = publish
-        self._exchange = exchange
         self.connection.has_published = True
+        return exchange
 
     def _handle_header(self, payload: bytes) -> None:
         if self._publish is None:
             raise _expected_method()
         if self._header is not None:
             raise _expected_body()
+        size, payload = self._accept_header(payload)
+        self._header = payload
+        if size == 0:
+            self._finish_publish(b"")
+        else:
+            self._body_remaining = size
+
+    def _accept_header(self, payload: bytes) -> tuple[int, bytes]:
+        """Check a publish's content header: (body size, the header as it will be stored)."""
         content_class, size, flags = fastpath.content_header_fields(payload)
         if content_class != c.CLASS_BASIC:
             raise errors.UnexpectedFrame(
@@ -171,11 +221,7 @@ class Channel:
             self._check_properties(payload)
         if flags & fastpath.FLAG_REPLY_TO:
             payload = direct_reply.rewrite_reply_to(self, payload)
-        self._header = payload
-        if size == 0:
-            self._finish_publish(b"")
-        else:
-            self._body_remaining = size
+        return size, payload
 
     def _check_properties(self, header: bytes) -> None:
         """Refuse a wrong user_id or an invalid expiration, as RabbitMQ does (406)."""
@@ -219,6 +265,10 @@ class Channel:
         publish, exchange, header = self._publish, self._exchange, self._header
         self._publish = self._exchange = self._header = None
         assert publish is not None and exchange is not None and header is not None
+        self._publish_message(publish, exchange, header, body)
+
+    def _publish_message(self, publish: fastpath.Publish, exchange: Exchange, header: bytes,
+                         body: bytes) -> None:
         message = Message(publish.route_raw, header, body)
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
@@ -332,10 +382,13 @@ class Channel:
             queue.stored_delivery(message, consumer.no_ack)
         conn = self.connection
         conn.out_bytes += len(message.body)
-        fastpath.write_delivery(
+        fastpath.write_deliver(
             conn.out,
             self.number,
-            fastpath.deliver_method(consumer.tag_raw, tag, entry.redelivered, message.route_raw),
+            consumer.tag_raw,
+            tag,
+            entry.redelivered,
+            message.route_raw,
             quorum_header(entry, False) if queue.is_quorum else message.header,
             message.body,
             conn.frame_max,

@@ -19,7 +19,7 @@ from broker import __version__, auth
 from broker.channel import Channel
 from protocol import constants as c
 from protocol import errors
-from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame
+from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame, unfuse
 from protocol.methods import Method, decode_method, encode_method, ids, make, method_index
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.state = AWAIT_HEADER
-        self.reader = FrameReader(frame_max=self.config.frame_max)
+        self.reader = FrameReader(frame_max=self.config.frame_max, fuse_publish=True)
         self._header_buffer = b""
         self.out: list[bytes] = []
         self._out_full = False
@@ -138,24 +138,36 @@ class Connection(asyncio.Protocol):
         channels = self.channels
         try:
             for frame_type, number, payload in self.reader.feed(data):
-                # Fast path: a content frame, or a method not of the channel class, on an
-                # open channel of an open connection goes straight to its channel.
+                # Fast path: a whole publish, a content frame, or a method not of the channel
+                # class, on an open channel of an open connection goes straight to its channel.
                 channel = channels.get(number)
-                if (channel is not None and self.state == OPEN and not channel.closing
-                        and (frame_type != c.FRAME_METHOD or payload[1] != c.CLASS_CHANNEL)
-                        and frame_type != c.FRAME_HEARTBEAT):
-                    channel.handle_frame(frame_type, payload)
-                elif self.state >= CLOSING:
-                    self._frame_while_closing(frame_type, number, payload)
-                elif number == 0:
-                    self._connection_frame(frame_type, payload)
+                if channel is not None and self.state == OPEN and not channel.closing:
+                    if frame_type == c.FRAME_PUBLISH:
+                        channel.handle_publish(*payload)
+                        continue
+                    if ((frame_type != c.FRAME_METHOD or payload[1] != c.CLASS_CHANNEL)
+                            and frame_type != c.FRAME_HEARTBEAT):
+                        channel.handle_frame(frame_type, payload)
+                        continue
+                if frame_type == c.FRAME_PUBLISH:
+                    for one_type, one_payload in unfuse(payload):  # type: ignore[arg-type]
+                        self._other_frame(one_type, number, one_payload)
                 else:
-                    self._channel_frame(frame_type, number, payload)
+                    self._other_frame(frame_type, number, payload)
         except errors.AMQPError as error:
             self.close_with_error(error)
         except Exception as error:  # a bug must cost this connection only
             log.exception("internal error on connection %s", self.peer)
             self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
+
+    def _other_frame(self, frame_type: int, number: int, payload: bytes) -> None:
+        """A frame off the fast path: while closing, on channel 0, or channel open/close."""
+        if self.state >= CLOSING:
+            self._frame_while_closing(frame_type, number, payload)
+        elif number == 0:
+            self._connection_frame(frame_type, payload)
+        else:
+            self._channel_frame(frame_type, number, payload)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport

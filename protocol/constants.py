@@ -8,6 +8,7 @@ FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
 FRAME_HEARTBEAT = 8
+FRAME_PUBLISH = 0x101  # not on the wire: FrameReader's fused basic.publish + header + body
 FRAME_END = 0xCE
 FRAME_END_BYTE = b"\xce"
 FRAME_HEADER_SIZE = 7

@@ -104,6 +104,43 @@ def deliver_method(ctag_raw: bytes, delivery_tag: int, redelivered: bool, route:
     return b"".join((_DELIVER_ID, ctag_raw, _QB.pack(delivery_tag, 1 if redelivered else 0), route))
 
 
+_DELIVER_START = struct.Struct(">BHIL")  # method frame header + basic.deliver's index
+_END_AND_HEADER = struct.Struct(">BBHI")  # the previous frame's end byte + a frame header
+
+
+def write_deliver(
+    out: list,
+    channel: int,
+    ctag_raw: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    route: bytes,
+    header_payload: bytes,
+    body: bytes,
+    frame_max: int,
+) -> None:
+    """Append a whole basic.deliver (method, content header, body) to ``out``: the same
+    bytes as ``write_delivery(out, channel, deliver_method(...), ...)``, packed with fewer
+    steps when the body fits one frame."""
+    size = len(body)
+    if not 0 < size <= frame_max - c.FRAME_OVERHEAD:
+        write_delivery(out, channel, deliver_method(ctag_raw, delivery_tag, redelivered, route),
+                       header_payload, body, frame_max)
+        return
+    out += (
+        _DELIVER_START.pack(c.FRAME_METHOD, channel, 13 + len(ctag_raw) + len(route),
+                            c.BASIC_DELIVER),
+        ctag_raw,
+        _QB.pack(delivery_tag, 1 if redelivered else 0),
+        route,
+        _END_AND_HEADER.pack(c.FRAME_END, c.FRAME_HEADER, channel, len(header_payload)),
+        header_payload,
+        _END_AND_HEADER.pack(c.FRAME_END, c.FRAME_BODY, channel, size),
+        body,
+        _END,
+    )
+
+
 def get_ok_method(delivery_tag: int, redelivered: bool, route: bytes, message_count: int) -> bytes:
     """Payload of basic.get-ok."""
     return b"".join(

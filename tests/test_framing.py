@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import commands
 from pamqp import frame as pamqp_frame
+from pamqp.header import ContentHeader
 
 from protocol import constants as c
 from protocol.errors import AMQPError, FrameError
-from protocol.framing import FrameReader, append_content, method_frame
+from protocol.framing import FrameReader, append_content, method_frame, unfuse
 from protocol.methods import decode_method, encode_method, make
 
 FRAME_MAX = 131072
@@ -109,3 +110,74 @@ def test_pamqp_agrees_with_our_frames() -> None:
     method = commands.Queue.DeclareOk(queue="abc", message_count=7, consumer_count=1)
     ours = method_frame(5, encode_method(method))
     assert ours == pamqp_frame.marshal(method, 5)
+
+
+@st.composite
+def publish_streams(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, int, bytes]], int]:
+    """Frames a publisher sends (publish, header, bodies), mixed with other frames and with
+    the ways a sequence can fail to be fusable: another channel in between, a body split in
+    several frames, a body frame of the wrong size, a header not following its method."""
+    frames: list[tuple[int, int, bytes]] = []
+    for _ in range(draw(st.integers(1, 6))):
+        channel = draw(st.integers(1, 3))
+        kind = draw(st.sampled_from(["publish", "publish", "split", "interleaved", "orphan",
+                                     "wrong size", "empty", "other"]))
+        body = draw(st.binary(min_size=1, max_size=200))
+        publish = encode_method(make(commands.Basic.Publish, exchange="", routing_key="q"))
+        size = 0 if kind == "empty" else len(body) + (1 if kind == "wrong size" else 0)
+        header = pamqp_frame.marshal(ContentHeader(body_size=size, properties=commands.Basic.
+                                                   Properties(content_type="text/plain")), 0)
+        header = header[7:-1]  # the payload only
+        if kind == "other":
+            frames.append((c.FRAME_METHOD, channel, encode_method(make(
+                commands.Basic.Ack, delivery_tag=1, multiple=False))))
+            continue
+        if kind == "orphan":
+            frames.append((c.FRAME_HEADER, channel, header))
+            continue
+        frames.append((c.FRAME_METHOD, channel, publish))
+        if kind == "interleaved":
+            frames.append((c.FRAME_HEARTBEAT, 0, b""))
+        frames.append((c.FRAME_HEADER, channel, header))
+        if kind == "split":
+            frames += [(c.FRAME_BODY, channel, body[:1]), (c.FRAME_BODY, channel, body[1:])]
+        elif kind != "empty":
+            frames.append((c.FRAME_BODY, channel, body))
+    stream = b"".join(
+        ftype.to_bytes(1, "big") + ch.to_bytes(2, "big") + len(p).to_bytes(4, "big") + p + b"\xce"
+        for ftype, ch, p in frames
+    )
+    return stream, frames, draw(st.integers(1, 64))
+
+
+@settings(max_examples=300)
+@given(publish_streams(), st.lists(st.integers(1, 80), max_size=20))
+def test_fused_publishes_unfuse_to_the_same_frames(data, cuts) -> None:
+    """With fuse_publish, any split of the stream yields the same frames once each fused
+    publish is expanded, and whole publishes in one buffer come out fused."""
+    stream, expected, _ = data
+    reader = FrameReader(FRAME_MAX, fuse_publish=True)
+    got = []
+    position = 0
+    for cut in [*cuts, len(stream)]:
+        for frame_type, channel, payload in reader.feed(stream[position : position + cut]):
+            if frame_type == c.FRAME_PUBLISH:
+                got += [(t, channel, p) for t, p in unfuse(payload)]
+            else:
+                got.append((frame_type, channel, payload))
+        position += cut
+    assert got == expected
+    assert reader.pending == 0
+
+
+def test_a_whole_publish_in_one_buffer_is_fused() -> None:
+    body = b"hello"
+    data = pamqp_frame.marshal(make(commands.Basic.Publish, exchange="x", routing_key="k"), 5)
+    data += pamqp_frame.marshal(ContentHeader(body_size=len(body)), 5)
+    data += pamqp_frame.marshal(pamqp_frame.body.ContentBody(body), 5)
+    frames = list(FrameReader(FRAME_MAX, fuse_publish=True).feed(data))
+    assert len(frames) == 1
+    frame_type, channel, (method, header, got_body) = frames[0]
+    assert (frame_type, channel, got_body) == (c.FRAME_PUBLISH, 5, body)
+    assert decode_method(method).routing_key == "k"
+    assert header[4:12] == len(body).to_bytes(8, "big")
