@@ -18,7 +18,7 @@ from pamqp.header import ContentHeader
 
 from broker import direct_reply
 from broker.handlers import HANDLERS
-from broker.message import Entry, Message, parse_expiration, sender_selected
+from broker.message import Entry, Message, header_shape, parse_expiration, sender_selected
 from broker.queue import quorum_header
 from protocol import constants as c
 from protocol import errors, fastpath
@@ -103,7 +103,8 @@ class Channel:
         self._body_remaining = 0
         self._ttl: int | None = None  # expiration of the message being received, in ms
         self._publish_cache: dict[bytes, tuple[fastpath.Publish, Exchange]] = {}
-        self._plain_headers: dict[bytes, None] = {}  # headers accepted with nothing to note
+        # headers accepted with nothing to note, with their (flags, persistent)
+        self._plain_headers: dict[bytes, tuple[int, bool]] = {}
 
     # -- frames ----------------------------------------------------------------------------
     def handle_frame(self, frame_type: int, payload: bytes) -> None:
@@ -158,12 +159,15 @@ class Channel:
                 publish = fastpath.decode_publish(method)
                 exchange = self._publish_exchange(publish)
                 _remember(self._publish_cache, method, (publish, exchange))
-            if header not in self._plain_headers:
+            known = self._plain_headers.get(header)
+            if known is None:
                 _size, accepted = self._accept_header(header)
                 if accepted is header and not fastpath.property_flags(header) & _NOT_PLAIN:
-                    _remember(self._plain_headers, header, None)
+                    known = header_shape(header)
+                    _remember(self._plain_headers, header, known)
                 header = accepted
-            self._publish_message(publish, exchange, header, b"" if body is None else body)
+            self._publish_message(publish, exchange, header, b"" if body is None else body,
+                                  known)
         except errors.ChannelError as error:
             self.close_with_error(error)
 
@@ -268,8 +272,10 @@ class Channel:
         self._publish_message(publish, exchange, header, body)
 
     def _publish_message(self, publish: fastpath.Publish, exchange: Exchange, header: bytes,
-                         body: bytes) -> None:
-        message = Message(publish.route_raw, header, body)
+                         body: bytes, shape: tuple[int, bool] | None = None) -> None:
+        """Route a complete publish; ``shape`` is (flags, persistent) when already known."""
+        message = (Message(publish.route_raw, header, body) if shape is None
+                   else Message(publish.route_raw, header, body, *shape))
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
         if self.tx_mode:

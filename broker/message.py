@@ -16,6 +16,13 @@ from protocol import errors, fastpath
 from protocol.tables import content_header
 
 
+def header_shape(header: bytes) -> tuple[int, bool]:
+    """(property flags, persistent) of a content header, read from its bytes."""
+    flags = fastpath.property_flags(header)
+    return flags, bool(flags & fastpath.FLAG_DELIVERY_MODE) and (
+        fastpath.delivery_mode(header) == 2)
+
+
 class Message:
     """One published message, shared by every queue it was routed to.
 
@@ -24,13 +31,19 @@ class Message:
     """
 
     __slots__ = (
-        "_properties", "bcc", "body", "flags", "header", "msg_id", "refs", "route_raw", "ttl",
+        "_properties", "bcc", "body", "flags", "header", "msg_id", "persistent", "refs",
+        "route_raw", "ttl",
     )
 
-    def __init__(self, route_raw: bytes, header: bytes, body: bytes | None) -> None:
+    def __init__(self, route_raw: bytes, header: bytes, body: bytes | None,
+                 flags: int | None = None, persistent: bool | None = None) -> None:
+        """``flags`` and ``persistent`` may be passed when already known for ``header``."""
         self.route_raw = route_raw  # exchange + routing key as raw shortstr bytes
         self.header = header  # the content header payload as the publisher sent it
-        self.flags = fastpath.property_flags(header)  # which properties are present
+        if flags is None or persistent is None:
+            flags, persistent = header_shape(header)
+        self.flags = flags  # which properties are present
+        self.persistent = persistent  # delivery_mode 2
         self.body = body
         self.ttl: int | None = None  # per-message TTL in ms (the expiration property)
         self.msg_id: int | None = None  # position in the message store, once written
@@ -69,12 +82,6 @@ class Message:
         if not self.flags & fastpath.FLAG_PRIORITY:
             return 0
         return self.properties.priority or 0
-
-    @property
-    def persistent(self) -> bool:
-        """delivery_mode 2, read straight from the header bytes."""
-        return bool(self.flags & fastpath.FLAG_DELIVERY_MODE) and (
-            fastpath.delivery_mode(self.header) == 2)
 
     def derive(self, properties: commands.Basic.Properties, exchange: str | None = None,
                routing_key: str | None = None) -> Message:

@@ -18,7 +18,6 @@ from broker.queue import Queue
 from broker.routing import freeze
 from broker.store.definitions import decode_table, encode_table
 from protocol import errors
-from protocol.fastpath import FLAG_DELIVERY_MODE
 
 if TYPE_CHECKING:
     from broker.connection import Connection
@@ -418,7 +417,7 @@ class VirtualHost:
         Returns True when some queue refused it (x-overflow reject-publish).
         """
         store = self.store
-        if len(queues) == 1 and (store is None or not message.flags & FLAG_DELIVERY_MODE):
+        if len(queues) == 1 and (store is None or not message.persistent):
             return not queues[0].enqueue(message)  # the common case: one queue, in memory
         if store is not None and message.persistent:
             # Stored first, so that a consumer taking it at once settles it in the store

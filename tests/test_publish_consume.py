@@ -195,6 +195,29 @@ def test_publish_to_missing_exchange_closes_channel_404(broker: Broker, unique: 
         assert conn.channel().is_open
 
 
+def test_publish_after_its_exchange_was_deleted_is_404(broker: Broker, unique: str) -> None:
+    """The same publish bytes that routed a moment ago get 404 once the exchange is gone
+    (a channel remembers decoded publishes; it must not remember deleted exchanges).
+    Agreed with RabbitMQ 3.10.8."""
+    name = f"{unique}-gone"
+    with pika_channel(broker.url) as (conn, ch):
+        ch.exchange_declare(name, "fanout", auto_delete=False)
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(queue, name)
+        ch.confirm_delivery()
+        for _ in range(3):
+            ch.basic_publish(name, "k", b"x", pika.BasicProperties(content_type="a/b"))
+        assert message_count(ch, queue) == 3
+        ch.exchange_delete(name)
+        with pytest.raises(ChannelClosedByBroker) as exc:
+            ch.basic_publish(name, "k", b"x", pika.BasicProperties(content_type="a/b"))
+        assert (exc.value.reply_code, exc.value.reply_text) == (
+            404,
+            f"NOT_FOUND - no exchange '{name}' in vhost '/'",
+        )
+        assert conn.is_open
+
+
 # --- large bodies ------------------------------------------------------------------------------
 
 FRAME_MAX = 131072  # RabbitMQ's default, which pika accepts
