@@ -387,9 +387,11 @@ def test_delayed_message_arrives_after_delay(broker: Broker, unique: str) -> Non
         assert pump_until(conn, lambda: len(got) == 3, timeout=3)
         assert [b for b, _ in got] == [b"now", b"sooner", b"late"]
         elapsed = {b: t - start for b, t in got}
-        assert elapsed[b"now"] < 0.1
-        assert 0.1 <= elapsed[b"sooner"] < 0.25, elapsed
-        assert 0.3 <= elapsed[b"late"] < 0.45, elapsed
+        # Never early; the upper bounds leave room for a loaded CI machine (the 100 ms
+        # promise is checked on a quiet one by the slow soak test and benchmarks/delayed.py).
+        assert elapsed[b"now"] < 0.25
+        assert 0.1 <= elapsed[b"sooner"] < 0.4, elapsed
+        assert 0.3 <= elapsed[b"late"] < 0.6, elapsed
 
 
 @pytest.mark.leveret_only
