@@ -56,6 +56,7 @@ def _expected_body() -> errors.AMQPError:
 # Properties whose check has an effect (the TTL noted, reply_to rewritten): never cached.
 _NOT_PLAIN = fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION | fastpath.FLAG_REPLY_TO
 _CACHE_SIZE = 64
+_CACHED_HEADER_MAX = 512  # bytes; bigger headers are checked each time
 
 
 def _remember(cache: dict, key: bytes, value: object) -> None:
@@ -159,10 +160,12 @@ class Channel:
                 publish = fastpath.decode_publish(method)
                 exchange = self._publish_exchange(publish)
                 _remember(self._publish_cache, method, (publish, exchange))
-            known = self._plain_headers.get(header)
+            small = len(header) <= _CACHED_HEADER_MAX  # big tables: not hashed, not kept
+            known = self._plain_headers.get(header) if small else None
             if known is None:
                 _size, accepted = self._accept_header(header)
-                if accepted is header and not fastpath.property_flags(header) & _NOT_PLAIN:
+                if (small and accepted is header
+                        and not fastpath.property_flags(header) & _NOT_PLAIN):
                     known = header_shape(header)
                     _remember(self._plain_headers, header, known)
                 header = accepted

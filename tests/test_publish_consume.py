@@ -117,6 +117,26 @@ def test_properties_round_trip(broker: Broker) -> None:
     assert got.headers == headers
 
 
+@pytest.mark.parametrize("pad", [0, 2000])
+def test_repeated_and_changing_properties_arrive_as_sent(broker: Broker, pad: int) -> None:
+    """Headers repeated message after message (small ones are remembered per channel) and
+    headers that change each time, small or big, all arrive as sent; so do the delivery
+    modes of messages whose header bytes differ only there."""
+    with pika_channel(broker.url) as (_conn, ch):
+        q = ch.queue_declare("", exclusive=True).method.queue
+        sent = []
+        for i in range(120):
+            headers = {"same": "x" * pad, "n": i % 3 if i % 2 else i}
+            props = pika.BasicProperties(headers=headers, delivery_mode=1 + i % 2,
+                                         content_type="text/plain")
+            ch.basic_publish("", q, f"m{i}".encode(), props)
+            sent.append((f"m{i}".encode(), headers, 1 + i % 2))
+        assert wait_for_count(ch, q, len(sent)) == len(sent)
+        for body, headers, mode in sent:
+            _method, got, got_body = ch.basic_get(q, auto_ack=True)
+            assert (got_body, got.headers, got.delivery_mode) == (body, headers, mode)
+
+
 def test_publish_with_wrong_user_id_is_406(broker: Broker) -> None:
     """user_id must match the authenticated user, else 406 on the channel."""
     with pika_channel(broker.url) as (conn, ch):
