@@ -55,7 +55,8 @@ def _expected_body() -> errors.AMQPError:
 
 # Properties whose check has an effect (the TTL noted, reply_to rewritten): never cached.
 _NOT_PLAIN = fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION | fastpath.FLAG_REPLY_TO
-_CACHE_SIZE = 64
+_SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
+_CACHE_SIZE = 8  # per channel: a publisher's few destinations and property sets
 _CACHED_HEADER_MAX = 512  # bytes; bigger headers are checked each time
 
 
@@ -128,13 +129,17 @@ class Channel:
         index = method_index(payload)
         if index == c.BASIC_PUBLISH:
             self._on_publish(fastpath.decode_publish(payload))
-        elif index == c.BASIC_ACK:
-            self.ack(*fastpath.decode_ack(payload))
-        elif index == c.BASIC_NACK:
-            self.nack(*fastpath.decode_nack(payload))
-        elif index == c.BASIC_REJECT:
-            tag, requeue = fastpath.decode_reject(payload)
-            self.nack(tag, False, requeue)
+        elif index in _SETTLEMENTS:
+            try:
+                if index == c.BASIC_ACK:
+                    self.ack(*fastpath.decode_ack(payload))
+                elif index == c.BASIC_NACK:
+                    self.nack(*fastpath.decode_nack(payload))
+                else:
+                    tag, requeue = fastpath.decode_reject(payload)
+                    self.nack(tag, False, requeue)
+            except errors.AMQPError as error:  # e.g. unknown delivery tag: names the method
+                raise error.with_method(c.CLASS_BASIC, index & 0xFFFF) from None
         else:
             method = decode_method(payload)
             handler = HANDLERS.get(index)
@@ -157,6 +162,8 @@ class Channel:
             if cached is not None and self.vhost.exchanges.get(cached[0].exchange) is cached[1]:
                 publish, exchange = cached
             else:
+                if cached is not None:  # its exchange is gone: forget it
+                    del self._publish_cache[method]
                 publish = fastpath.decode_publish(method)
                 exchange = self._publish_exchange(publish)
                 _remember(self._publish_cache, method, (publish, exchange))
@@ -193,7 +200,8 @@ class Channel:
                 )
         except errors.AMQPError as error:
             raise error.with_method(c.CLASS_BASIC, 40) from None
-        self.connection.has_published = True
+        if not self.connection.has_published:
+            self.connection.started_publishing()
         return exchange
 
     def _handle_header(self, payload: bytes) -> None:
@@ -291,12 +299,14 @@ class Channel:
         """Route a complete message to its queues; return it if mandatory and unroutable."""
         vhost = self.vhost
         refused = False
+        extra_keys = None
+        selected = message
+        if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
+            selected, extra_keys = sender_selected(message)  # a bad CC/BCC: 406 right here
         if exchange.delayed and vhost.delayed.hold(exchange, message):
-            pass  # routed when due; the publish is confirmed now
+            pass  # held with its CC/BCC headers, routed by them when due; confirmed now
         else:
-            extra_keys = None
-            if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
-                message, extra_keys = sender_selected(message)
+            message = selected
             queues = vhost.route(exchange, message, extra_keys, routing_key)
             if queues:
                 refused = vhost.enqueue_all(queues, message)

@@ -503,6 +503,11 @@ class Connection(asyncio.Protocol):
             self.send_method(0, commands.Connection.Unblocked())
         self._update_reading()
 
+    def started_publishing(self) -> None:
+        """The first publish: from now on a resource alarm stops reading from this client."""
+        self.has_published = True
+        self._update_reading()
+
     def _update_reading(self) -> None:
         """Read from the socket unless throttled or blocked by an alarm (publishers only)."""
         transport = self.transport

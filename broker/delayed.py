@@ -56,6 +56,7 @@ class DelayedMessages:
         self._counter = itertools.count()
         self._exchange_numbers: dict[Exchange, int] = {}
         self._exchanges: dict[int, Exchange] = {}
+        self._held_by: dict[int, int] = {}  # exchange number -> messages it holds
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
 
@@ -94,6 +95,8 @@ class DelayedMessages:
             number = next(self._counter)
             self._exchange_numbers[exchange] = number
             self._exchanges[number] = exchange
+            self._held_by[number] = 0
+        self._held_by[number] += 1
         if message.refs:
             message._properties = None  # decoded again when due, if routing needs it
             entry = (due, next(self._counter), number, message)
@@ -114,36 +117,35 @@ class DelayedMessages:
         self._timer = None
         heap = self._heap
         now = self._loop.time()
-        vhost = self._vhost
-        store = vhost.store
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            exchange = self._exchanges[entry[2]]
-            if len(entry) == 4:
-                message = entry[3]
-                if message.refs and store is not None:
-                    store.remove(store_key(vhost.name, exchange), message)  # type: ignore[arg-type]
-            else:
-                message = Message(entry[3], entry[4], entry[5])
-                message.ttl = entry[6]
-            if vhost.exchanges.get(exchange.name) is not exchange:
-                continue  # the exchange was deleted meanwhile
-            extra_keys = None
-            if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
-                message, extra_keys = sender_selected(message)
-            vhost.enqueue_all(vhost.route(exchange, message, extra_keys), message)
-        if heap:
-            self._arm(heap[0][0])
-        else:
-            self._forget_deleted_exchanges()
+        try:
+            while heap and heap[0][0] <= now:
+                self._route_due(heapq.heappop(heap))
+        finally:
+            if heap:
+                self._arm(heap[0][0])
 
-    def _forget_deleted_exchanges(self) -> None:
-        """With nothing held, drop the numbers of exchanges that are gone."""
-        exchanges = self._vhost.exchanges
-        for number, exchange in list(self._exchanges.items()):
-            if exchanges.get(exchange.name) is not exchange:
-                del self._exchanges[number]
-                del self._exchange_numbers[exchange]
+    def _route_due(self, entry: tuple) -> None:
+        vhost = self._vhost
+        number = entry[2]
+        exchange = self._exchanges[number]
+        if len(entry) == 4:
+            message = entry[3]
+            if message.refs and vhost.store is not None:
+                vhost.store.remove(store_key(vhost.name, exchange), message)  # type: ignore[arg-type]
+        else:
+            message = Message(entry[3], entry[4], entry[5])
+            message.ttl = entry[6]
+        alive = vhost.exchanges.get(exchange.name) is exchange
+        self._held_by[number] -= 1
+        if not alive and not self._held_by[number]:  # a deleted exchange's last message
+            del self._held_by[number], self._exchanges[number]
+            del self._exchange_numbers[exchange]
+        if not alive:
+            return
+        extra_keys = None
+        if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
+            message, extra_keys = sender_selected(message)  # checked at publish already
+        vhost.enqueue_all(vhost.route(exchange, message, extra_keys), message)
 
     def cancel_all(self) -> None:
         if self._timer is not None:

@@ -50,6 +50,6 @@ def rewrite_reply_to(ch: Channel, header: bytes) -> bytes:
         return header
     queue = ch.reply_queue
     if queue is None or queue.deleted:
-        raise errors.PreconditionFailed("fast reply consumer does not exist")
+        raise errors.PreconditionFailed("fast reply consumer does not exist", 60, 40)
     content.properties.reply_to = queue.name
     return header[:4] + content.marshal()[4:]

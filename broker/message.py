@@ -6,6 +6,7 @@ when a feature needs them (headers exchange, TTL, priorities, dead-lettering), a
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -105,6 +106,18 @@ def copy_properties(properties: commands.Basic.Properties) -> commands.Basic.Pro
         setattr(fresh, name, getattr(properties, name))
     fresh.headers = dict(properties.headers or {})
     return fresh
+
+
+def stored_message(msg_id: int, route_raw: bytes, header: bytes, body: bytes) -> Message:
+    """A message read back from the store (one reference), with its per-message TTL."""
+    message = Message(route_raw, header, body)
+    message.msg_id = msg_id
+    message.refs = 1
+    if message.flags & fastpath.FLAG_EXPIRATION:
+        with contextlib.suppress(errors.AMQPError):  # checked at publish
+            message.ttl = parse_expiration(message.properties.expiration)
+        message._properties = None
+    return message
 
 
 class Entry:

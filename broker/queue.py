@@ -11,16 +11,14 @@ queue heads only, from one timer per queue: never a scan of the whole queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from broker.deadletter import dead_letter
-from broker.message import Entry, Message, copy_properties, parse_expiration
+from broker.message import Entry, Message, copy_properties, stored_message
 from broker.ready import FifoReady, PriorityReady
-from protocol import errors, fastpath
 from protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
@@ -339,12 +337,7 @@ class Queue:
         entries = []
         for seq, msg_id in pairs:
             found = store.read(msg_id)
-            message = Message(found.route_raw, found.header, found.body)
-            message.msg_id = msg_id
-            message.refs = 1
-            if fastpath.property_flags(found.header) & fastpath.FLAG_EXPIRATION:
-                with contextlib.suppress(errors.AMQPError):
-                    message.ttl = parse_expiration(message.properties.expiration)
+            message = stored_message(msg_id, found.route_raw, found.header, found.body)
             entry = Entry(seq, message)
             ttl = self.message_ttl
             if message.ttl is not None and (ttl is None or message.ttl < ttl):

@@ -12,7 +12,7 @@ from broker import __version__, delayed
 from broker.config import BrokerConfig
 from broker.connection import Connection
 from broker.dispatcher import Dispatcher
-from broker.message import Message
+from broker.message import stored_message
 from broker.store import MessageStore
 from broker.store.store import Recovered
 from broker.vhost import VirtualHost
@@ -107,9 +107,7 @@ class Broker:
         held = []
         for msg_id in ids:
             found = self.store.read(msg_id)
-            message = Message(found.route_raw, found.header, found.body)
-            message.msg_id = msg_id
-            message.refs = 1
+            message = stored_message(msg_id, found.route_raw, found.header, found.body)
             held.append((found.published_ms + delayed.delay_of(message), message))
         vhost.delayed.restore(exchange, held)
         log.info("rescheduled %d delayed messages of exchange '%s'", len(held), exchange.name)

@@ -71,3 +71,33 @@ def test_message_above_max_size_is_406() -> None:
         ch = conn.channel()
         assert ch.queue_declare(queue, passive=True).method.message_count == 1
         conn.close()
+
+
+def test_connection_that_starts_publishing_during_an_alarm_is_blocked(broker, embedded) -> None:
+    """As RabbitMQ: during an alarm a connection is read until it publishes; after its first
+    publish method nothing more is read from it (not even the rest of that message, if it
+    came in a later read) until the alarm ends. Then everything arrives."""
+    import time
+
+    bystander = pika.BlockingConnection(pika.URLParameters(broker.url))
+    watch = bystander.channel()
+    queue = watch.queue_declare("", exclusive=False, auto_delete=True).method.queue
+    embedded.call(embedded.broker.block_publishers, "low on memory")
+    publisher = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        ch = publisher.channel()  # not a publisher yet: still read
+        ch.basic_publish("", queue, b"first")
+        publisher.process_data_events(time_limit=0.2)
+        ch.basic_publish("", queue, b"second")
+        publisher.process_data_events(time_limit=0.3)
+        assert watch.queue_declare(queue, passive=True).method.message_count <= 1
+        embedded.call(embedded.broker.unblock_publishers)
+        deadline = time.monotonic() + 3
+        while (watch.queue_declare(queue, passive=True).method.message_count < 2
+               and time.monotonic() < deadline):
+            publisher.process_data_events(time_limit=0.05)
+        assert watch.queue_declare(queue, passive=True).method.message_count == 2
+    finally:
+        embedded.call(embedded.broker.unblock_publishers)  # never leave the shared broker blocked
+        publisher.close()
+        bystander.close()

@@ -6,7 +6,7 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
-from tests.pika_helpers import pika_channel
+from tests.pika_helpers import amqp_connect, pika_channel
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -94,3 +94,20 @@ def test_reply_after_cancel_is_dropped(broker) -> None:
         conn.process_data_events(time_limit=0.3)
         assert late == []
         assert ch.queue_declare("", exclusive=True).method.queue  # the channel is still fine
+
+
+def test_reply_to_without_consumer_names_basic_publish(broker) -> None:
+    """The 406 for a missing reply consumer names basic.publish (60, 40), as RabbitMQ 3.10.8."""
+    import amqp
+    import amqp.exceptions
+
+    conn = amqp_connect(broker.url)
+    try:
+        ch = conn.channel()
+        with pytest.raises(amqp.exceptions.PreconditionFailed) as refused:
+            ch.basic_publish(amqp.Message(b"x", reply_to=REPLY_TO), exchange="",
+                             routing_key="nowhere")
+            ch.queue_declare(queue="", exclusive=True)
+        assert refused.value.method_sig == (60, 40)
+    finally:
+        conn.collect()

@@ -453,6 +453,29 @@ def test_delayed_messages_survive_a_restart(broker_process: BrokerProcess) -> No
     conn.close()
 
 
+def test_delayed_message_keeps_its_expiration_across_a_restart(
+    broker_process: BrokerProcess,
+) -> None:
+    """A held persistent message with an expiration still expires after a restart."""
+    conn = broker_process.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare(
+        "delays-ttl", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"}
+    )
+    ch.queue_declare("due-ttl", durable=True)
+    ch.queue_bind("due-ttl", "delays-ttl", "k")
+    ch.basic_publish("delays-ttl", "k", b"short-lived", pika.BasicProperties(
+        delivery_mode=2, expiration="300", headers={"x-delay": 1000}))
+    broker_process.kill()
+    broker_process.start()
+    conn = broker_process.connect()
+    ch = conn.channel()
+    time.sleep(2.0)  # due after 1 s, expired 300 ms later
+    assert ch.queue_declare("due-ttl", durable=True, passive=True).method.message_count == 0
+    conn.close()
+
+
 def test_one_old_message_does_not_pin_the_log(tmp_path: Path) -> None:
     """A long-lived message keeps its own segment, not every segment written after it."""
     from broker.embedded import EmbeddedBroker

@@ -435,6 +435,23 @@ def test_delayed_message_keeps_cc_and_expiration(broker: Broker, unique: str) ->
 
 
 @pytest.mark.leveret_only
+def test_delayed_message_with_a_bad_cc_is_refused_at_publish(broker: Broker, unique: str) -> None:
+    """A CC header that is not an array: 406 at publish, as for any exchange (RabbitMQ
+    checks CC/BCC before routing), and the messages held before it still arrive."""
+    with pika_channel(broker.url) as (conn, ch):
+        ex, q = _delayed_exchange(ch, unique)
+        ch.basic_publish(ex, "k", b"good", pika.BasicProperties(headers={"x-delay": 150}))
+        with pytest.raises(ChannelClosedByBroker) as exc:
+            ch.basic_publish(ex, "k", b"bad", pika.BasicProperties(
+                headers={"x-delay": 100, "CC": "not-a-list"}))
+            ch.queue_declare(q, passive=True)
+        assert exc.value.reply_code == 406
+        assert "unacceptable_type_in_header" in exc.value.reply_text
+        _method, _props, body = _get_wait(conn.channel(), q, timeout=1.0, auto_ack=True)
+        assert body == b"good"
+
+
+@pytest.mark.leveret_only
 def test_delayed_messages_of_a_deleted_exchange_are_dropped(broker: Broker, unique: str) -> None:
     """Deleting the exchange drops what it held, even if one of that name comes back."""
     with pika_channel(broker.url) as (_conn, ch):
