@@ -176,7 +176,7 @@ class Connection(asyncio.Protocol):
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.broker.dispatcher.want_flush(self)
 
     def can_write(self) -> bool:
         """Room for more deliveries: the transport is not paused and this loop iteration's
@@ -189,7 +189,8 @@ class Connection(asyncio.Protocol):
         self._out_full = True
         return False
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write this iteration's output: pending confirms first, then one socket write."""
         self._flush_scheduled = False
         if self._confirm_channels:
             channels, self._confirm_channels = self._confirm_channels, {}
@@ -461,7 +462,7 @@ class Connection(asyncio.Protocol):
 
     def _close_transport(self) -> None:
         """Flush what is queued, then close the socket."""
-        self._flush()
+        self.flush()
         self.state = max(self.state, CLOSING)
         if self.transport is not None:
             self.transport.close()

@@ -40,6 +40,7 @@ class Broker:
     def __init__(self, config: BrokerConfig | None = None) -> None:
         self.config = config or BrokerConfig()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.dispatcher: Dispatcher = None  # type: ignore[assignment]  # set by start()
         self.connections: set[Connection] = set()
         self.vhosts: dict[str, VirtualHost] = {}
         self.blocked_reason: str | None = None
@@ -53,7 +54,7 @@ class Broker:
         """Open the data directory, recover durable state, and start listening."""
         self.loop = asyncio.get_running_loop()
         config = self.config
-        dispatcher = Dispatcher(self.loop)
+        dispatcher = self.dispatcher = Dispatcher(self.loop)
         for name in config.vhosts:
             self.vhosts[name] = VirtualHost(name, dispatcher, config.consumer_timeout)
         if config.data_dir is not None:

@@ -226,6 +226,17 @@ def test_sigterm_flushes_everything(broker_process: BrokerProcess) -> None:
     conn.close()
 
 
+def _segments_settle_to(segments: Path, most: int, timeout: float = 5.0) -> int:
+    """The number of segment files once at most ``most`` are left (or ``timeout`` passed).
+
+    Deletion follows the fsync that covers the acks, which may end after the confirm the
+    test waited for."""
+    deadline = time.monotonic() + timeout
+    while len(list(segments.glob("*.log"))) > most and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(list(segments.glob("*.log")))
+
+
 def test_acked_segments_are_deleted(tmp_path: Path) -> None:
     """Segments are removed once everything in them and before them is acknowledged."""
     from broker.embedded import EmbeddedBroker
@@ -244,11 +255,7 @@ def test_acked_segments_are_deleted(tmp_path: Path) -> None:
             method, _, _ = ch.basic_get("seg")
             ch.basic_ack(method.delivery_tag)
         ch.basic_publish("", "seg", b"last", pika.BasicProperties(delivery_mode=2))
-        # Deletion follows the fsync that covers the acks, which may end after the confirm.
-        deadline = time.monotonic() + 5
-        while len(list(segments.glob("*.log"))) > 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(list(segments.glob("*.log"))) <= 2
+        assert _segments_settle_to(segments, 2) <= 2
         conn.close()
 
 
@@ -495,7 +502,7 @@ def test_one_old_message_does_not_pin_the_log(tmp_path: Path) -> None:
             method, _, _ = ch.basic_get("busy")
             ch.basic_ack(method.delivery_tag)
         ch.basic_publish("", "busy", b"last", pika.BasicProperties(delivery_mode=2))
-        assert len(list((data / "segments").glob("*.log"))) <= 3
+        assert _segments_settle_to(data / "segments", 3) <= 3
         conn.close()
     with EmbeddedBroker(data_dir=data) as embedded:
         conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
