@@ -68,12 +68,15 @@ class Sampler(threading.Thread):
         return self.peak
 
 
-def start(port: int, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start(port: int, data_dir: Path, log_path: Path,
+          log_level: str = "info") -> tuple[subprocess.Popen, float]:
+    """Start ``python -m broker serve`` on ``port``; return it and the seconds until it
+    accepts TCP (exits the script if the broker dies first)."""
     started = time.monotonic()
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--port", str(port), "--data-dir",
-             str(data_dir), "--log-level", "info"],
+            [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port",
+             str(port), "--data-dir", str(data_dir), "--log-level", log_level],
             stderr=log_file, stdout=subprocess.DEVNULL, cwd=ROOT,
         )
     while True:
@@ -82,8 +85,19 @@ def start(port: int, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, 
             return process, time.monotonic() - started
         except OSError:
             if process.poll() is not None:
-                raise SystemExit(f"broker exited; see {log_path}") from None
+                raise SystemExit(
+                    f"broker exited with {process.returncode}; see {log_path}") from None
             time.sleep(0.02)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it has not exited within ``timeout``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def queue_depth(port: int, queue: str) -> int:
@@ -155,8 +169,7 @@ def main() -> None:
     result["drained"] = drained
     result["peak_rss_mb_draining"] = round(sampler.stop(), 1)
     conn.close()
-    broker.send_signal(signal.SIGTERM)
-    broker.wait()
+    stop(broker)
     result["startup_s"] = round(startup, 3)
     print(json.dumps(result, indent=1))
 

@@ -50,8 +50,6 @@ import asyncio
 import itertools
 import json
 import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -64,7 +62,7 @@ from pamqp import frame as pframe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import amqp_lite
-from backlog import Sampler, free_port, rss_mb
+from backlog import Sampler, free_port, rss_mb, start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 EXCHANGE = "lvbench-delayed-x"
@@ -91,25 +89,6 @@ def machine_cpu_s() -> float:
         values = [int(v) for v in stat.readline().split()[1:]]
     idle = values[3] + values[4]
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def start_leveret(port: int, data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, float]:
-    started = time.monotonic()
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
-            stderr=log_file, stdout=subprocess.DEVNULL, cwd=ROOT,
-        )
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, time.monotonic() - started
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit(
-                    f"broker exited with {process.returncode}; see {log_path}") from None
-            time.sleep(0.02)
 
 
 def git_revision() -> dict:
@@ -331,7 +310,7 @@ def main() -> None:
     else:
         port = free_port()
         url = f"amqp://guest:guest@127.0.0.1:{port}/"
-        broker, startup = start_leveret(port, workdir / "data", workdir / "broker.log")
+        broker, startup = start(port, workdir / "data", workdir / "broker.log", "warning")
         result["leveret"] = git_revision()
         result["broker_log"] = str(workdir / "broker.log")
         result["startup_s"] = round(startup, 3)
@@ -369,12 +348,7 @@ def main() -> None:
             result["peak_rss_mb"] = round(sampler.stop(), 1)
     finally:
         if broker:
-            broker.send_signal(signal.SIGTERM)
-            try:
-                broker.wait(30)
-            except subprocess.TimeoutExpired:
-                broker.kill()
-                broker.wait()
+            stop(broker)
 
     received = len(stamps)
     late = [rx - due for rx, due in zip(stamps, dues, strict=True)]

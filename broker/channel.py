@@ -171,10 +171,10 @@ class Channel:
             known = self._plain_headers.get(header) if small else None
             if known is None:
                 _size, accepted = self._accept_header(header)
-                if (small and accepted is header
-                        and not fastpath.property_flags(header) & _NOT_PLAIN):
+                if accepted is header:  # not rewritten: its shape holds for the message
                     known = header_shape(header)
-                    _remember(self._plain_headers, header, known)
+                    if small and not known[0] & _NOT_PLAIN:
+                        _remember(self._plain_headers, header, known)
                 header = accepted
             self._publish_message(publish, exchange, header, b"" if body is None else body,
                                   known)
@@ -285,8 +285,7 @@ class Channel:
     def _publish_message(self, publish: fastpath.Publish, exchange: Exchange, header: bytes,
                          body: bytes, shape: tuple[int, bool] | None = None) -> None:
         """Route a complete publish; ``shape`` is (flags, persistent) when already known."""
-        message = (Message(publish.route_raw, header, body) if shape is None
-                   else Message(publish.route_raw, header, body, *shape))
+        message = Message(publish.route_raw, header, body, *(shape or ()))
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
         if self.tx_mode:

@@ -20,8 +20,9 @@ _FRAME_HEADER = struct.Struct(">BHI")
 _pack_header = _FRAME_HEADER.pack
 _unpack_header = _FRAME_HEADER.unpack_from
 _VALID_TYPES = frozenset({c.FRAME_METHOD, c.FRAME_HEADER, c.FRAME_BODY, c.FRAME_HEARTBEAT})
-_PUBLISH_ID = struct.pack(">HH", c.CLASS_BASIC, 40)
-_unpack_content_start = struct.Struct(">BHI4xQ").unpack_from  # header frame up to body size
+_PUBLISH_ID = c.BASIC_PUBLISH.to_bytes(4, "big")
+_CONTENT_START = struct.Struct(">BHI4xQ")  # a header frame's header, up to the body size
+_unpack_content_start = _CONTENT_START.unpack_from
 
 Frame = tuple[int, int, bytes]
 """(frame type, channel number, payload)."""
@@ -93,17 +94,17 @@ class FrameReader:
             if offset < end:
                 self._buffer = data[offset:] if offset else data
 
-
     def _content_after(
         self, data: bytes, offset: int, end: int, channel: int
     ) -> tuple[bytes, bytes | None, int] | None:
         """The content header and single body frame at ``offset``, with the offset after
         them, when both are complete, well formed and on ``channel``; otherwise None (the
         frames then go through one by one, with every check and error of that path)."""
-        if end - offset < 19:  # frame header + class, weight and body size
+        header_size = c.FRAME_HEADER_SIZE
+        if end - offset < _CONTENT_START.size:
             return None
         frame_type, number, size, body_size = _unpack_content_start(data, offset)
-        start = offset + 7
+        start = offset + header_size
         frame_end = start + size
         if (frame_type != c.FRAME_HEADER or number != channel or size < 12
                 or size > self.frame_max or frame_end >= end or data[frame_end] != c.FRAME_END):
@@ -112,10 +113,10 @@ class FrameReader:
         if body_size == 0:
             return header, None, frame_end + 1
         offset = frame_end + 1
-        if end - offset < 7:
+        if end - offset < header_size:
             return None
         frame_type, number, size = _unpack_header(data, offset)
-        start = offset + 7
+        start = offset + header_size
         frame_end = start + size
         if (frame_type != c.FRAME_BODY or number != channel or size != body_size
                 or size > self.frame_max or frame_end >= end or data[frame_end] != c.FRAME_END):

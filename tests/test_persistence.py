@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 pytestmark = [pytest.mark.leveret_only, pytest.mark.integration]
@@ -428,16 +429,22 @@ def test_purge_keeps_unacked_messages_over_a_restart(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_delayed_messages_survive_a_restart(broker_process: BrokerProcess) -> None:
-    """A durable x-delayed-message exchange keeps persistent held messages on disk."""
-    conn = broker_process.connect()
-    ch = conn.channel()
+def _durable_delayed_exchange(broker_process: BrokerProcess, exchange: str,
+                              queue: str) -> BlockingChannel:
+    """A confirming channel, with a durable delayed exchange bound to a durable queue by "k"."""
+    ch = broker_process.connect().channel()
     ch.confirm_delivery()
     ch.exchange_declare(
-        "delays", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"}
+        exchange, "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"}
     )
-    ch.queue_declare("due", durable=True)
-    ch.queue_bind("due", "delays", "k")
+    ch.queue_declare(queue, durable=True)
+    ch.queue_bind(queue, exchange, "k")
+    return ch
+
+
+def test_delayed_messages_survive_a_restart(broker_process: BrokerProcess) -> None:
+    """A durable x-delayed-message exchange keeps persistent held messages on disk."""
+    ch = _durable_delayed_exchange(broker_process, "delays", "due")
     published = time.monotonic()
     ch.basic_publish(
         "delays", "k", b"later", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 1500})
@@ -464,14 +471,7 @@ def test_delayed_message_keeps_its_expiration_across_a_restart(
     broker_process: BrokerProcess,
 ) -> None:
     """A held persistent message with an expiration still expires after a restart."""
-    conn = broker_process.connect()
-    ch = conn.channel()
-    ch.confirm_delivery()
-    ch.exchange_declare(
-        "delays-ttl", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"}
-    )
-    ch.queue_declare("due-ttl", durable=True)
-    ch.queue_bind("due-ttl", "delays-ttl", "k")
+    ch = _durable_delayed_exchange(broker_process, "delays-ttl", "due-ttl")
     ch.basic_publish("delays-ttl", "k", b"short-lived", pika.BasicProperties(
         delivery_mode=2, expiration="300", headers={"x-delay": 1000}))
     broker_process.kill()
