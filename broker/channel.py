@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pamqp import commands
@@ -19,6 +19,7 @@ from pamqp.header import ContentHeader
 from broker import direct_reply
 from broker.handlers import HANDLERS
 from broker.message import Entry, Message, header_shape, parse_expiration, sender_selected
+from broker.publish import publish
 from broker.queue import quorum_header
 from protocol import constants as c
 from protocol import errors, fastpath
@@ -30,10 +31,12 @@ if TYPE_CHECKING:
     from broker.consumer import Consumer
     from broker.exchange import Exchange
     from broker.queue import Queue
+    from protocol.methods import Method
 
 log = logging.getLogger(__name__)
 
 Delivery = tuple[Entry, "Queue", "Consumer | None"]
+Frame = tuple[int, object]
 
 
 def _expected_method() -> errors.AMQPError:
@@ -79,10 +82,9 @@ class Channel:
         self.reply_queue: Queue | None = None  # direct reply-to consumer's private queue
         self.last_queue: str | None = None  # for queue methods with an empty name
         self.max_message_size = connection.broker.config.max_message_size
-        # deliveries
+        # deliveries; ``unacked`` is kept in tag order (insertion order of increasing tags)
         self.next_delivery_tag = 1
         self.unacked: dict[int, Delivery] = {}
-        self._unacked_order: deque[int] = deque()
         self._timeouts: list[tuple[float, int, Consumer]] = []  # (deadline, tag, consumer)
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._timed_out_tags: set[int] = set()
@@ -92,12 +94,17 @@ class Channel:
         # publishing
         self.confirm_mode = False
         self.publish_seq = 0
-        self.confirmed_seq = 0  # highest sequence number already acked to the publisher
+        self.confirmed_seq = 0  # every sequence number up to this one is answered
         self._confirm_nacks: list[int] = []  # refused publishes awaiting their nack
-        self._unsynced: deque[int] = deque()  # persistent publishes waiting for the store
+        self._pending: deque[tuple[int, int]] = deque()  # (seq, store ticket) not yet durable
+        self._ahead: list[int] = []  # publishes answerable while earlier ones wait
         self.tx_mode = False
-        self.tx_publishes: list[tuple[Exchange, Message, bool]] = []
-        self.tx_settlements: list[tuple[str, int, bool, bool]] = []
+        self.tx_publishes: list[tuple[Exchange, Message, bool, str]] = []
+        # a transaction's settlements, out of ``unacked`` already: ([(tag, delivery)], requeue)
+        self.tx_settlements: list[tuple[list[tuple[int, Delivery]], bool | None]] = []
+        # frames that arrived while the channel waits for the store (see ``park``)
+        self.inbox: deque[Frame] | None = None
+        self.released = False
         self._publish: fastpath.Publish | None = None
         self._exchange: Exchange | None = None
         self._header: bytes | None = None
@@ -289,52 +296,51 @@ class Channel:
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
         if self.tx_mode:
-            self.tx_publishes.append((exchange, message, publish.mandatory))
+            if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
+                sender_selected(message)  # a bad CC/BCC: 406 at publish, as RabbitMQ
+            self.tx_publishes.append((exchange, message, publish.mandatory, publish.routing_key))
             return
         self.route(exchange, message, publish.mandatory, publish.routing_key)
 
     def route(self, exchange: Exchange, message: Message, mandatory: bool,
               routing_key: str | None = None) -> None:
-        """Route a complete message to its queues; return it if mandatory and unroutable."""
-        vhost = self.vhost
-        refused = False
-        extra_keys = None
-        selected = message
-        if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
-            selected, extra_keys = sender_selected(message)  # a bad CC/BCC: 406 right here
-        if exchange.delayed and vhost.delayed.hold(exchange, message):
-            pass  # held with its CC/BCC headers, routed by them when due; confirmed now
-        else:
-            message = selected
-            queues = vhost.route(exchange, message, extra_keys, routing_key)
-            if queues:
-                refused = vhost.enqueue_all(queues, message)
-                for queue in queues:  # flow control: let consumers catch up
-                    if queue.backlogged:
-                        self.connection.throttle(queue)
-            elif mandatory:
-                self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
+        """Publish a complete message; return it if mandatory and unroutable; confirm it
+        once everything it caused is durable."""
+        outcome = publish(self.vhost, exchange, message, routing_key=routing_key)
+        if not outcome.routed and mandatory:
+            self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
         if self.confirm_mode:
             seq = self.publish_seq = self.publish_seq + 1
-            if refused:
+            if outcome.refused:
                 self._confirm_nacks.append(seq)
-            if message.refs and vhost.store is not None:
-                self._unsynced.append(seq)  # confirmed only once it is on disk
-                vhost.store.when_synced(self)
+            store = self.vhost.store
+            if outcome.ticket and store is not None and outcome.ticket > store.durable:
+                if not self._pending:
+                    store.watch(self)
+                self._pending.append((seq, outcome.ticket))  # confirmed once on disk
             else:
+                if self._pending:  # earlier publishes still wait: answer this one alone
+                    self._ahead.append(seq)
                 self.connection.confirms_ready(self)
 
-    def on_synced(self, seq: int) -> None:
-        """The store made everything this channel published up to ``seq`` durable."""
-        unsynced = self._unsynced
-        while unsynced and unsynced[0] <= seq:
-            unsynced.popleft()
-        self.connection.confirms_ready(self)
+    def on_durable(self, durable: int) -> bool:
+        """The store made every ticket up to ``durable`` durable; True while still waiting."""
+        pending = self._pending
+        if pending and pending[0][1] <= durable:
+            audit = self.vhost.store.audit  # type: ignore[union-attr]
+            while pending and pending[0][1] <= durable:
+                _seq, ticket = pending.popleft()
+                if audit is not None:
+                    self.vhost.store.audit_confirm(ticket)  # type: ignore[union-attr]
+            self.connection.confirms_ready(self)
+        return bool(pending)
 
-    def on_sync_failed(self) -> None:
-        """The store could not write: publishes waiting on it are nacked."""
-        self._confirm_nacks.extend(self._unsynced)
-        self._unsynced.clear()
+    def on_store_failed(self, durable: int) -> None:
+        """The store could not write what came after ``durable``: nack those publishes."""
+        pending = self._pending
+        kept = deque(item for item in pending if item[1] <= durable)
+        self._confirm_nacks.extend(seq for seq, ticket in pending if ticket > durable)
+        self._pending = kept
         self.connection.confirms_ready(self)
 
     def send_return(self, code: int, text: str, message: Message) -> None:
@@ -350,26 +356,38 @@ class Channel:
         conn.schedule_flush()
 
     def pending_confirms(self, out: list) -> None:
-        """Append basic.ack/nack frames for every publish settled since the last flush.
+        """Append basic.ack/nack frames for every publish answerable since the last flush.
 
-        Contiguous acks become one ``multiple`` ack; a refused publish gets its own nack.
+        Publishes up to the first one still waiting for the store are answered together (a
+        ``multiple`` ack, with a refused publish's nack in between); publishes after it that
+        need no wait are answered one by one.
         """
-        seq = self._unsynced[0] - 1 if self._unsynced else self.publish_seq
-        done = self.confirmed_seq
-        if seq <= done:
-            return
         number = self.number
-        nacks = [n for n in self._confirm_nacks if n <= seq]
-        self._confirm_nacks = [n for n in self._confirm_nacks if n > seq]
-        for nacked in sorted(nacks):
-            if nacked - 1 > done:
-                out.append(method_frame(number, fastpath.ack_method(nacked - 1,
-                                                                    nacked - 1 - done > 1)))
-            out.append(method_frame(number, fastpath.nack_method(nacked, False)))
-            done = nacked
+        seq = self._pending[0][0] - 1 if self._pending else self.publish_seq
+        done = self.confirmed_seq
         if seq > done:
-            out.append(method_frame(number, fastpath.ack_method(seq, seq - done > 1)))
-        self.confirmed_seq = seq
+            nacks = sorted(n for n in self._confirm_nacks if n <= seq)
+            if nacks:
+                self._confirm_nacks = [n for n in self._confirm_nacks if n > seq]
+            for nacked in nacks:
+                if nacked - 1 > done:
+                    out.append(method_frame(number, fastpath.ack_method(
+                        nacked - 1, nacked - 1 - done > 1)))
+                out.append(method_frame(number, fastpath.nack_method(nacked, False)))
+                done = nacked
+            if seq > done:
+                out.append(method_frame(number, fastpath.ack_method(seq, seq - done > 1)))
+            self.confirmed_seq = seq
+        if self._ahead:
+            ahead, self._ahead = self._ahead, []
+            for one in ahead:
+                if one <= self.confirmed_seq:
+                    continue
+                if one in self._confirm_nacks:
+                    self._confirm_nacks.remove(one)
+                    out.append(method_frame(number, fastpath.nack_method(one, False)))
+                else:
+                    out.append(method_frame(number, fastpath.ack_method(one, False)))
 
     # -- delivering ------------------------------------------------------------------------
     def can_deliver(self) -> bool:
@@ -388,16 +406,13 @@ class Channel:
         queue = consumer.queue
         if not consumer.no_ack:
             self.unacked[tag] = (entry, queue, consumer)
-            self._unacked_order.append(tag)
             consumer.unacked += 1
             queue.unacked += 1
             if queue.consumer_timeout:
                 self._watch_timeout(tag, consumer, queue.consumer_timeout)
+        if entry.msg_id is not None:
+            queue.stored_delivery(entry, consumer.no_ack)
         message = entry.message
-        if message.body is None:  # held on disk only
-            self.vhost.store.load(message)
-        if message.refs and queue.persists:
-            queue.stored_delivery(message, consumer.no_ack)
         conn = self.connection
         conn.out_bytes += len(message.body)
         fastpath.write_deliver(
@@ -419,13 +434,10 @@ class Channel:
         self.next_delivery_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
-            self._unacked_order.append(tag)
             queue.unacked += 1
+        if entry.msg_id is not None:
+            queue.stored_delivery(entry, no_ack)
         message = entry.message
-        if message.body is None:  # held on disk only
-            self.vhost.store.load(message)
-        if message.refs and queue.persists:
-            queue.stored_delivery(message, no_ack)
         conn = self.connection
         fastpath.write_delivery(
             conn.out,
@@ -438,50 +450,52 @@ class Channel:
         conn.schedule_flush()
 
     # -- acknowledgements ------------------------------------------------------------------
-    def _collect(self, tag: int, multiple: bool) -> list[Delivery]:
-        """Remove and return the deliveries that an ack/nack/reject of ``tag`` settles."""
+    def _collect(self, tag: int, multiple: bool) -> list[tuple[int, Delivery]]:
+        """Remove and return (tag, delivery) for what an ack/nack/reject of ``tag`` settles."""
         unacked = self.unacked
         if multiple and tag == 0:
-            settled = list(unacked.values())
+            settled = list(unacked.items())
             unacked.clear()
-            self._unacked_order.clear()
             return settled
         delivery = unacked.pop(tag, None)
         if delivery is None:
-            if tag in self._timed_out_tags:  # its consumer timed out and it was requeued
-                self._timed_out_tags.discard(tag)
+            if tag not in self._timed_out_tags:
+                raise errors.PreconditionFailed(f"unknown delivery tag {tag}")
+            # its consumer timed out and it was requeued: the ack is late, not wrong
+            self._timed_out_tags.discard(tag)
+            if not multiple:
                 return []
-            raise errors.PreconditionFailed(f"unknown delivery tag {tag}")
-        order = self._unacked_order
-        if not multiple:
-            while order and order[0] not in unacked:  # drop settled tags from the front
-                order.popleft()
-            return [delivery]
-        settled = []
-        while order and order[0] <= tag:
-            earlier = unacked.pop(order.popleft(), None)
-            if earlier is not None:
-                settled.append(earlier)
-        settled.append(delivery)
+        elif not multiple:
+            return [(tag, delivery)]
+        earlier = []
+        for other in unacked:  # in tag order
+            if other > tag:
+                break
+            earlier.append(other)
+        settled = [(other, unacked.pop(other)) for other in earlier]
+        if delivery is not None:
+            settled.append((tag, delivery))
         return settled
 
     def ack(self, tag: int, multiple: bool) -> None:
-        if self.tx_mode:
-            self._check_tag(tag, multiple)
-            self.tx_settlements.append(("ack", tag, multiple, False))
-            return
-        self._settle(self._collect(tag, multiple), requeue=None)
+        self._settle_or_hold(self._collect(tag, multiple), None)
 
     def nack(self, tag: int, multiple: bool, requeue: bool) -> None:
-        if self.tx_mode:
-            self._check_tag(tag, multiple)
-            self.tx_settlements.append(("nack", tag, multiple, requeue))
-            return
-        self._settle(self._collect(tag, multiple), requeue=requeue)
+        self._settle_or_hold(self._collect(tag, multiple), requeue)
 
-    def _check_tag(self, tag: int, multiple: bool) -> None:
-        if not (multiple and tag == 0) and tag not in self.unacked:
-            raise errors.PreconditionFailed(f"unknown delivery tag {tag}")
+    def _settle_or_hold(self, settled: list[tuple[int, Delivery]],
+                        requeue: bool | None) -> None:
+        """Settle now, or at commit in a transaction (the tags leave ``unacked`` now, as in
+        RabbitMQ: a second ack of one tag is an error at once, not at commit)."""
+        if self.tx_mode:
+            self.tx_settlements.append((settled, requeue))
+        else:
+            self._settle([delivery for _tag, delivery in settled], requeue)
+
+    def restore_unacked(self, settled: list[tuple[int, Delivery]]) -> None:
+        """tx.rollback: deliveries settled in the transaction are unacknowledged again."""
+        if settled:
+            self.unacked = dict(sorted([*self.unacked.items(), *settled]))
 
     def _settle(self, deliveries: list[Delivery], requeue: bool | None) -> None:
         """Finish deliveries: acked (requeue None), discarded (False) or requeued (True)."""
@@ -497,7 +511,7 @@ class Channel:
                 entries.append(entry)
         for queue, entries in by_queue.items():
             if queue.deleted:  # its store records are purged: only the bookkeeping is left
-                queue.forget([entry.message for entry in entries])
+                queue.forget(entries)
                 continue
             if requeue is None:
                 queue.acked(entries)
@@ -514,7 +528,6 @@ class Channel:
         """Requeue every unacknowledged delivery (channel close, basic.recover)."""
         deliveries = list(self.unacked.values())
         self.unacked.clear()
-        self._unacked_order.clear()
         self._settle(deliveries, requeue=True)
 
     # -- consumers -------------------------------------------------------------------------
@@ -600,13 +613,80 @@ class Channel:
         )
 
     def release(self) -> None:
-        """Give back everything this channel holds: consumers, unacked messages, content."""
+        """Give back everything this channel holds: consumers, unacked messages (those a
+        transaction settled included), content, and what waited for the store."""
+        self.released = True
         if self._timeout_timer is not None:
             self._timeout_timer.cancel()
             self._timeout_timer = None
         for consumer in list(self.consumers.values()):
             self.remove_consumer(consumer)
+        held = [delivery for settled, _ in self.tx_settlements for _tag, delivery in settled]
+        self.tx_settlements.clear()
         self.requeue_all()
+        if held:
+            self._settle(held, requeue=True)
         self._reset_content()
         self.tx_publishes.clear()
-        self.tx_settlements.clear()
+        self.inbox = None
+        self._pending.clear()
+        self._ahead.clear()
+        self._confirm_nacks.clear()
+        self.confirmed_seq = self.publish_seq
+        store = self.vhost.store if self.vhost is not None else None
+        if store is not None:
+            store.unwatch(self)
+
+    # -- transactions ----------------------------------------------------------------------
+    def commit(self) -> None:
+        """tx.commit: deliver the transaction's publishes, then apply its settlements."""
+        publishes, self.tx_publishes = self.tx_publishes, []
+        settlements, self.tx_settlements = self.tx_settlements, []
+        for exchange, message, mandatory, routing_key in publishes:
+            self.route(exchange, message, mandatory, routing_key)
+        for settled, requeue in settlements:
+            self._settle([delivery for _tag, delivery in settled], requeue)
+
+    def rollback(self) -> None:
+        """tx.rollback: forget the publishes; the settled deliveries are unacked again."""
+        self.tx_publishes.clear()
+        settlements, self.tx_settlements = self.tx_settlements, []
+        self.restore_unacked([pair for settled, _ in settlements for pair in settled])
+
+    # -- waiting for the store -------------------------------------------------------------
+    def store_mark(self) -> int:
+        """The store's ticket count now: ``reply`` waits for what is written after it."""
+        store = self.vhost.store
+        return store.issued if store is not None else 0
+
+    def reply(self, method: Method, mark: int) -> None:
+        """Send ``method`` once everything written to the store since ``mark`` is durable
+        (a durable declare, bind or delete, a commit); meanwhile the channel is parked."""
+        store = self.vhost.store
+        if store is None or store.issued == mark or store.issued <= store.durable:
+            self.connection.send_method(self.number, method)
+        else:
+            self.park(store.issued, lambda: self.connection.send_method(self.number, method))
+
+    def park(self, ticket: int, then: Callable[[], None]) -> None:
+        """Hold this channel's next frames until store ticket ``ticket`` is durable, then
+        run ``then`` and process them in order (RabbitMQ's channel also waits there)."""
+        self.inbox = deque()
+        store = self.vhost.store
+        assert store is not None
+        store.when_durable(ticket, lambda: self._unpark(then))
+
+    def _unpark(self, then: Callable[[], None]) -> None:
+        if self.released or self.inbox is None:
+            return
+        then()
+        inbox, self.inbox = self.inbox, None
+        connection = self.connection
+        while inbox:
+            frame_type, payload = inbox.popleft()
+            connection.replay_frame(self.number, frame_type, payload)
+            if self.released:
+                return
+            if self.inbox is not None:  # parked again: the rest waits behind
+                self.inbox.extend(inbox)
+                return

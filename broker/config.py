@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def physical_memory() -> int:
@@ -37,3 +38,6 @@ class BrokerConfig:
     # Resident memory above which publishers are blocked: RabbitMQ's 0.4 of the machine's RAM.
     memory_high_watermark: int = field(default_factory=lambda: int(0.4 * physical_memory()))
     resource_check_interval: float = 1.0
+    segment_limit: int = 64 * 1024 * 1024  # bytes per message-log segment file
+    store_io: Any = None  # the store's system calls (fault-injection tests replace them)
+    store_audit: bool = False  # check that every confirm covered fsynced records (tests)

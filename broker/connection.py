@@ -141,7 +141,8 @@ class Connection(asyncio.Protocol):
                 # Fast path: a whole publish, a content frame, or a method not of the channel
                 # class, on an open channel of an open connection goes straight to its channel.
                 channel = channels.get(number)
-                if channel is not None and self.state == OPEN and not channel.closing:
+                if (channel is not None and self.state == OPEN and not channel.closing
+                        and channel.inbox is None):
                     if frame_type == c.FRAME_PUBLISH:
                         channel.handle_publish(*payload)
                         continue
@@ -154,6 +155,24 @@ class Connection(asyncio.Protocol):
                         self._other_frame(one_type, number, one_payload)
                 else:
                     self._other_frame(frame_type, number, payload)
+        except errors.AMQPError as error:
+            self.close_with_error(error)
+        except Exception as error:  # a bug must cost this connection only
+            log.exception("internal error on connection %s", self.peer)
+            self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
+
+    def replay_frame(self, number: int, frame_type: int, payload: object) -> None:
+        """A frame a parked channel held back, processed now as if it had just arrived."""
+        try:
+            if frame_type == c.FRAME_PUBLISH:
+                channel = self.channels.get(number)
+                if channel is not None and self.state == OPEN and not channel.closing:
+                    channel.handle_publish(*payload)  # type: ignore[misc]
+                    return
+                for one_type, one_payload in unfuse(payload):  # type: ignore[arg-type]
+                    self._other_frame(one_type, number, one_payload)
+            else:
+                self._other_frame(frame_type, number, payload)  # type: ignore[arg-type]
         except errors.AMQPError as error:
             self.close_with_error(error)
         except Exception as error:  # a bug must cost this connection only
@@ -195,7 +214,8 @@ class Connection(asyncio.Protocol):
         if self._confirm_channels:
             channels, self._confirm_channels = self._confirm_channels, {}
             for channel in channels:
-                channel.pending_confirms(self.out)
+                if not channel.released:
+                    channel.pending_confirms(self.out)
         self.out_bytes = 0
         if self.out and self.transport is not None and not self.transport.is_closing():
             data = b"".join(self.out)
@@ -375,6 +395,9 @@ class Connection(asyncio.Protocol):
         if self.state != OPEN:
             raise errors.ChannelErrorHard(f"unexpected frame on channel {number} before open")
         channel = self.channels.get(number)
+        if channel is not None and channel.inbox is not None:  # parked: in order, later
+            channel.inbox.append((frame_type, payload))
+            return
         if channel is None:
             if frame_type == c.FRAME_METHOD and method_index(payload) == _CHANNEL_OPEN:
                 if number > self.channel_max:
@@ -393,6 +416,8 @@ class Connection(asyncio.Protocol):
                     del self.channels[number]
                 return
             if index == _CHANNEL_CLOSE:
+                self._confirm_channels.pop(channel, None)
+                channel.pending_confirms(self.out)  # what is answerable goes before close-ok
                 channel.release()
                 del self.channels[number]
                 self.send_method(number, commands.Channel.CloseOk())

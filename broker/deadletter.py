@@ -10,33 +10,50 @@ dropped.
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from broker.message import Message, copy_properties
+from broker.message import Entry, Message, copy_properties
+from broker.publish import Moved, deliver, release
 from protocol.tables import Long
 
 if TYPE_CHECKING:
+    from broker.exchange import Exchange
     from broker.queue import Queue
+
+log = logging.getLogger(__name__)
 
 
 def _death_of(entry: Any) -> tuple[Any, Any]:
     return (entry.get("queue"), entry.get("reason")) if isinstance(entry, dict) else (None, None)
 
 
+def _count(value: Any) -> int:
+    """An x-death count as a client left it: anything but a non-negative integer counts 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return max(value, 0)
+
+
 def with_death(message: Message, queue: Queue, reason: str, exchange: str,
                routing_key: str) -> Message:
-    """The message as it leaves ``queue`` for ``exchange`` with a new x-death entry."""
+    """The message as it leaves ``queue`` for ``exchange`` with a new x-death entry.
+
+    Whatever a client put in ``x-death`` is tolerated: entries that are not tables are
+    dropped, and a count that is not an integer is taken as 0.
+    """
     properties = copy_properties(message.properties)
     headers: dict[str, Any] = properties.headers
     cc = _string_list(headers.get("CC"))
     routing_keys = [message.routing_key, *cc]
-    deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    found = headers.get("x-death")
+    deaths = [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     for index, death in enumerate(deaths):
         if _death_of(death) == (queue.name, reason):
             death = dict(death)
-            death["count"] = Long(int(death.get("count", 1)) + 1)
+            death["count"] = Long(_count(death.get("count", 1)) + 1)
             death["time"] = now
             del deaths[index]
             deaths.insert(0, death)
@@ -65,14 +82,15 @@ def with_death(message: Message, queue: Queue, reason: str, exchange: str,
         headers.pop("CC", None)
     for index, death in enumerate(deaths):  # counts decoded from the wire are plain ints
         if not isinstance(death.get("count"), Long):
-            deaths[index] = {**death, "count": Long(int(death.get("count", 1)))}
+            deaths[index] = {**death, "count": Long(_count(death.get("count", 1)))}
     return message.derive(properties, exchange=exchange, routing_key=routing_key)
 
 
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
-    return [v.decode() if isinstance(v, bytes) else v for v in value if isinstance(v, str | bytes)]
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            for v in value if isinstance(v, str | bytes)]
 
 
 def is_cycle(queue_name: str, deaths: list[Any]) -> bool:
@@ -87,29 +105,47 @@ def is_cycle(queue_name: str, deaths: list[Any]) -> bool:
     return False
 
 
-def dead_letter(queue: Queue, messages: Iterable[Message], reason: str) -> None:
-    """Send ``messages`` from ``queue`` to its dead-letter exchange (if it has one)."""
-    exchange_name = queue.dead_letter_exchange
-    if exchange_name is None:
-        return
+def dead_letter(queue: Queue, entries: Iterable[Entry], reason: str) -> None:
+    """Send ``entries`` from ``queue`` to its dead-letter exchange (if it has one).
+
+    Each entry's stored copy is released here: replaced by the dead-lettered copy in the
+    same store record when that is stored, else simply released. A message that cannot be
+    dead-lettered (however malformed) is logged and dropped; the others go on.
+    """
     vhost = queue.vhost
-    exchange = vhost.exchanges.get(exchange_name)
-    if exchange is None:
-        return  # RabbitMQ drops dead letters to a missing exchange
-    for message in messages:
-        if message.body is None and vhost.store is not None:
-            vhost.store.load(message)
-        key = queue.dead_letter_routing_key
-        if key is None:
-            key = message.routing_key
-        dead = with_death(message, queue, reason, exchange.name, key)
-        deaths = dead.properties.headers.get("x-death") or []
-        extra_keys = None
-        if queue.dead_letter_routing_key is None:  # re-routed by the original keys
-            extra_keys = _string_list(message.headers.get("CC")) + (message.bcc or [])
-        targets = [
-            target for target in vhost.route(exchange, dead, extra_keys or None)
-            if reason == "rejected" or not is_cycle(target.name, deaths)
-        ]
-        if targets:
-            vhost.enqueue_all(targets, dead)
+    exchange_name = queue.dead_letter_exchange
+    exchange = vhost.exchanges.get(exchange_name) if exchange_name is not None else None
+    key = queue.store_key
+    for entry in entries:
+        moved = [(key, entry.msg_id)] if entry.msg_id is not None else ()
+        if exchange is None:  # RabbitMQ drops dead letters to a missing exchange
+            release(vhost, moved)
+            continue
+        try:
+            _dead_letter_one(queue, exchange, entry.message, reason, moved)
+        except Exception:
+            log.exception("could not dead-letter a message from queue '%s' in vhost '%s' "
+                          "(reason %s); it is dropped", queue.name, vhost.name, reason)
+            if vhost.store is not None and entry.msg_id is not None:
+                vhost.store.remove(key, entry.msg_id)
+
+
+def _dead_letter_one(queue: Queue, exchange: Exchange, message: Message, reason: str,
+                     moved: Moved) -> None:
+    vhost = queue.vhost
+    routing_key = queue.dead_letter_routing_key
+    if routing_key is None:
+        routing_key = message.routing_key
+    dead = with_death(message, queue, reason, exchange.name, routing_key)
+    deaths = dead.properties.headers.get("x-death") or []
+    extra_keys = None
+    if queue.dead_letter_routing_key is None:  # re-routed by the original keys
+        extra_keys = _string_list(message.headers.get("CC")) + (message.bcc or [])
+    targets = [
+        target for target in vhost.route(exchange, dead, extra_keys or None)
+        if reason == "rejected" or not is_cycle(target.name, deaths)
+    ]
+    if targets:
+        deliver(vhost, targets, dead, moved)
+    else:
+        release(vhost, moved)

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from typing import TYPE_CHECKING
 
-from broker.message import Message, sender_selected
-from protocol import fastpath
+from broker.message import Message
+from broker.publish import Moved, publish, release
 
 if TYPE_CHECKING:
     from broker.exchange import Exchange
     from broker.vhost import VirtualHost
+
+log = logging.getLogger(__name__)
 
 
 STORE_PREFIX = "amq.delayed:"  # clients cannot name a queue amq.*: no clash in the store
@@ -42,12 +45,11 @@ def delay_of(message: Message) -> int:
 class DelayedMessages:
     """Messages held by delayed-message exchanges until they are due.
 
-    A held transient message is kept as one flat tuple of atoms (due time, order, exchange
-    number, route, header and body bytes, TTL) rather than a ``Message``: the garbage
-    collector untracks such tuples, so a million held messages add nothing to the cost of a
-    full collection (which otherwise made deliveries late by hundreds of ms while a burst
-    was being published). A stored (persistent) message keeps its ``Message``, which the
-    store settles by identity; only its decoded properties are dropped.
+    A held message is kept as one flat tuple of atoms (due time, order, exchange number,
+    route, header and body bytes, TTL, and the id of its stored copy, or -1) rather than a
+    ``Message``: the garbage collector untracks such tuples, so a million held messages add
+    nothing to the cost of a full collection (which otherwise made deliveries late by
+    hundreds of ms while a burst was being published).
     """
 
     def __init__(self, vhost: VirtualHost) -> None:
@@ -67,29 +69,34 @@ class DelayedMessages:
     def _loop(self) -> asyncio.AbstractEventLoop:
         return self._vhost.dispatcher.loop
 
-    def hold(self, exchange: Exchange, message: Message) -> bool:
+    def hold(self, exchange: Exchange, message: Message, moved: Moved = ()) -> bool:
         """Keep ``message`` until its x-delay has passed; False when it has no delay.
 
-        A persistent message held by a durable exchange is stored, so it survives a restart.
+        A persistent message held by a durable exchange is stored, so it survives a restart
+        (``moved``: stored copies it replaces, released in the same record).
         """
         delay = delay_of(message)
         if delay <= 0:
             return False
         store = self._vhost.store
         key = store_key(self._vhost.name, exchange)
+        msg_id = -1
         if store is not None and exchange.durable and key is not None and message.persistent:
-            store.publish(message, [key])
-        self.schedule(self._loop.time() + delay / 1000, exchange, message)
+            msg_id = store.publish(message, [key], moved)
+        else:
+            release(self._vhost, moved)
+        self.schedule(self._loop.time() + delay / 1000, exchange, message, msg_id)
         return True
 
-    def restore(self, exchange: Exchange, messages: list[tuple[int, Message]]) -> None:
-        """Recovery: messages held by ``exchange`` with their due times (epoch ms)."""
+    def restore(self, exchange: Exchange, messages: list[tuple[int, Message, int]]) -> None:
+        """Recovery: messages held by ``exchange`` with their due times (epoch ms) and ids."""
         now_ms = time.time() * 1000
         now = self._loop.time()
-        for due_ms, message in messages:
-            self.schedule(now + max(due_ms - now_ms, 0) / 1000, exchange, message)
+        for due_ms, message, msg_id in messages:
+            self.schedule(now + max(due_ms - now_ms, 0) / 1000, exchange, message, msg_id)
 
-    def schedule(self, due: float, exchange: Exchange, message: Message) -> None:
+    def schedule(self, due: float, exchange: Exchange, message: Message,
+                 msg_id: int = -1) -> None:
         number = self._exchange_numbers.get(exchange)
         if number is None:
             number = next(self._counter)
@@ -97,12 +104,8 @@ class DelayedMessages:
             self._exchanges[number] = exchange
             self._held_by[number] = 0
         self._held_by[number] += 1
-        if message.refs:
-            message._properties = None  # decoded again when due, if routing needs it
-            entry = (due, next(self._counter), number, message)
-        else:
-            entry = (due, next(self._counter), number, message.route_raw, message.header,
-                     message.body, message.ttl)
+        entry = (due, next(self._counter), number, message.route_raw, message.header,
+                 message.body, message.ttl, msg_id)
         heapq.heappush(self._heap, entry)
         if self._timer is None or due < self._timer_due:
             self._arm(due)
@@ -119,33 +122,38 @@ class DelayedMessages:
         now = self._loop.time()
         try:
             while heap and heap[0][0] <= now:
-                self._route_due(heapq.heappop(heap))
+                entry = heapq.heappop(heap)
+                try:
+                    self._route_due(entry)
+                except Exception:  # one bad message must not hold up the others
+                    log.exception("a delayed message of vhost '%s' could not be routed; "
+                                  "it is dropped", self._vhost.name)
         finally:
             if heap:
                 self._arm(heap[0][0])
 
     def _route_due(self, entry: tuple) -> None:
         vhost = self._vhost
-        number = entry[2]
+        _due, _order, number, route_raw, header, body, ttl, msg_id = entry
         exchange = self._exchanges[number]
-        if len(entry) == 4:
-            message = entry[3]
-            if message.refs and vhost.store is not None:
-                vhost.store.remove(store_key(vhost.name, exchange), message)  # type: ignore[arg-type]
-        else:
-            message = Message(entry[3], entry[4], entry[5])
-            message.ttl = entry[6]
+        moved: Moved = ()
+        if msg_id >= 0:
+            moved = [(store_key(vhost.name, exchange), msg_id)]
         alive = vhost.exchanges.get(exchange.name) is exchange
         self._held_by[number] -= 1
         if not alive and not self._held_by[number]:  # a deleted exchange's last message
             del self._held_by[number], self._exchanges[number]
             del self._exchange_numbers[exchange]
         if not alive:
+            release(vhost, moved)
             return
-        extra_keys = None
-        if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
-            message, extra_keys = sender_selected(message)  # checked at publish already
-        vhost.enqueue_all(vhost.route(exchange, message, extra_keys), message)
+        message = Message(route_raw, header, body)
+        message.ttl = ttl
+        try:
+            publish(vhost, exchange, message, moved=moved, hold=False)
+        except Exception:
+            release(vhost, moved)
+            raise
 
     def cancel_all(self) -> None:
         if self._timer is not None:

@@ -27,16 +27,14 @@ def header_shape(header: bytes) -> tuple[int, bool]:
 class Message:
     """One published message, shared by every queue it was routed to.
 
-    ``header`` and ``body`` are the bytes the publisher sent; ``body`` is None while a
-    stored message's body lives only on disk (the store reads it back for delivery).
+    ``header`` and ``body`` are the bytes the publisher sent. A message holds nothing of
+    the store's: a queue entry names the stored copy it holds (``Entry.msg_id``).
     """
 
-    __slots__ = (
-        "_properties", "bcc", "body", "flags", "header", "msg_id", "persistent", "refs",
-        "route_raw", "ttl",
-    )
+    __slots__ = ("_properties", "bcc", "body", "flags", "header", "persistent", "route_raw",
+                 "ttl")
 
-    def __init__(self, route_raw: bytes, header: bytes, body: bytes | None,
+    def __init__(self, route_raw: bytes, header: bytes, body: bytes,
                  flags: int | None = None, persistent: bool | None = None) -> None:
         """``flags`` and ``persistent`` may be passed when already known for ``header``."""
         self.route_raw = route_raw  # exchange + routing key as raw shortstr bytes
@@ -47,8 +45,6 @@ class Message:
         self.persistent = persistent  # delivery_mode 2
         self.body = body
         self.ttl: int | None = None  # per-message TTL in ms (the expiration property)
-        self.msg_id: int | None = None  # position in the message store, once written
-        self.refs = 0  # durable queues the store keeps it for
         self.bcc: list[str] | None = None  # BCC routing keys (the header itself is removed)
         self._properties: commands.Basic.Properties | None = None
 
@@ -89,7 +85,6 @@ class Message:
         """A copy with new properties (and optionally a new exchange and routing key)."""
         exchange = self.exchange if exchange is None else exchange
         routing_key = self.routing_key if routing_key is None else routing_key
-        assert self.body is not None
         header = content_header(len(self.body), properties)
         route = (self.route_raw if exchange == self.exchange and routing_key == self.routing_key
                  else fastpath.route_raw(exchange, routing_key))
@@ -108,11 +103,9 @@ def copy_properties(properties: commands.Basic.Properties) -> commands.Basic.Pro
     return fresh
 
 
-def stored_message(msg_id: int, route_raw: bytes, header: bytes, body: bytes) -> Message:
-    """A message read back from the store (one reference), with its per-message TTL."""
+def stored_message(route_raw: bytes, header: bytes, body: bytes) -> Message:
+    """A message read back from the store, with its per-message TTL."""
     message = Message(route_raw, header, body)
-    message.msg_id = msg_id
-    message.refs = 1
     if message.flags & fastpath.FLAG_EXPIRATION:
         with contextlib.suppress(errors.AMQPError):  # checked at publish
             message.ttl = parse_expiration(message.properties.expiration)
@@ -121,13 +114,16 @@ def stored_message(msg_id: int, route_raw: bytes, header: bytes, body: bytes) ->
 
 
 class Entry:
-    """A message's place in one queue: order, redelivery state and expiry there."""
+    """A message's place in one queue: order, redelivery state and expiry there, and the
+    id of the stored copy this queue holds (None when the queue does not store it)."""
 
-    __slots__ = ("delivery_count", "expires_at", "message", "redelivered", "seq")
+    __slots__ = ("delivery_count", "expires_at", "message", "msg_id", "redelivered", "seq")
 
-    def __init__(self, seq: int, message: Message, redelivered: bool = False) -> None:
+    def __init__(self, seq: int, message: Message, redelivered: bool = False,
+                 msg_id: int | None = None) -> None:
         self.seq = seq
         self.message = message
+        self.msg_id = msg_id
         self.redelivered = redelivered
         self.expires_at: float | None = None  # loop time
         self.delivery_count = 0  # returns to the queue (quorum x-delivery-count)

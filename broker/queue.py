@@ -11,6 +11,7 @@ queue heads only, from one timer per queue: never a scan of the whole queue.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from array import array
 from collections.abc import Iterable
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from broker.deadletter import dead_letter
 from broker.message import Entry, Message, copy_properties, stored_message
-from broker.ready import FifoReady, PriorityReady
+from broker.ready import FifoReady, PriorityReady, spillable
+from broker.store.records import CorruptRecord
 from protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
@@ -28,11 +30,16 @@ if TYPE_CHECKING:
     from broker.vhost import VirtualHost
 
 
-# A durable queue keeps at most about SPILL_AT stored messages in memory; beyond that only
-# their ids (16 bytes each) stay, and the first SPILL_KEEP remain ready for fast delivery.
+log = logging.getLogger(__name__)
+
+# A durable queue keeps at most about SPILL_AT stored messages (or SPILL_BYTES of their
+# bodies) in memory; beyond that only their ids (24 bytes each) stay, and the first
+# SPILL_KEEP (at most SPILL_KEEP_BYTES) remain ready for fast delivery.
 SPILL_AT = 20_000
+SPILL_BYTES = 32 * 1024 * 1024
 SPILL_KEEP = 5_000
-SPILL_DELAY = 0.05  # seconds: after the store's group commit has given messages their ids
+SPILL_KEEP_BYTES = 8 * 1024 * 1024
+SPILL_DELAY = 0.05  # seconds: after the store has written the newest messages
 
 FLOW_HIGH = 10_000
 FLOW_LOW = 5_000
@@ -107,6 +114,7 @@ class Queue:
         self.store_key = (vhost.name, name)
         if self.persists and isinstance(self.ready, FifoReady):
             self.ready.loader = self._load_spilled
+            self.ready.can_spill = self._can_spill
         self._next_seq = 0
         self._rr = 0
         self._had_consumer = False
@@ -119,11 +127,12 @@ class Queue:
             self._arm_expires_timer()
 
     # -- messages in ----------------------------------------------------------------------
-    def enqueue(self, message: Message) -> bool:
-        """Add a published message; False when the queue refuses it (reject-publish)."""
+    def enqueue(self, message: Message, msg_id: int | None = None) -> bool:
+        """Add a published message (``msg_id``: its stored copy for this queue, if any);
+        False when the queue refuses it (reject-publish)."""
         seq = self._next_seq
         self._next_seq = seq + 1
-        entry = Entry(seq, message)
+        entry = Entry(seq, message, False, msg_id)
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
             ttl = message.ttl
@@ -133,13 +142,11 @@ class Queue:
                 if consumer is not None:
                     consumer.channel.deliver(consumer, entry)
                 else:
-                    dead_letter(self, [message], "expired")
-                    self.forget([message])
+                    self._discard([entry], "expired")
                 return True
             entry.expires_at = self._loop.time() + ttl / 1000
         if self._limited and self.overflow != "drop-head" and self._full(message):
-            if self.overflow == "reject-publish-dlx":
-                dead_letter(self, [message], "maxlen")
+            self._discard([entry], "maxlen" if self.overflow == "reject-publish-dlx" else None)
             return False
         if self.consumers and not self.ready:  # hand it straight to a consumer with credit
             consumer = self._next_consumer()
@@ -148,12 +155,12 @@ class Queue:
                 return True
         ready = self.ready
         ready.push(entry)
-        body = message.body
-        self.ready_bytes += len(body) if body is not None else _size(message)
+        self.ready_bytes += len(message.body)
         if self.consumers and (len(ready) > self.flow_high or self.ready_bytes > FLOW_HIGH_BYTES):
             self.backlogged = True
         if (self.persists and self._spill_timer is None and self.max_length_bytes is None
-                and self.ready.in_memory > SPILL_AT):
+                and (ready.in_memory > SPILL_AT
+                     or self.ready_bytes - ready.spilled_bytes > SPILL_BYTES)):
             self._spill_soon()
         if self._limited:
             self._drop_head_over_limit()
@@ -167,7 +174,7 @@ class Queue:
         if self.max_length is not None and len(self.ready) >= self.max_length:
             return True
         limit = self.max_length_bytes
-        return limit is not None and self.ready_bytes + _size(message) > limit
+        return limit is not None and self.ready_bytes + len(message.body) > limit
 
     def _over_limit(self) -> bool:
         if self.max_length is not None and len(self.ready) > self.max_length:
@@ -177,19 +184,17 @@ class Queue:
     def _drop_head_over_limit(self) -> None:
         dropped = []
         while self.ready and self._over_limit():
-            dropped.append(self._pop().message)
+            dropped.append(self._pop())
         if dropped:
-            dead_letter(self, dropped, "maxlen")
-            self.forget(dropped)
+            self._discard(dropped, "maxlen")
 
     def _pop(self) -> Entry:
         ready = self.ready
         entry = ready.pop()
         if ready:
-            body = entry.message.body
-            self.ready_bytes -= len(body) if body is not None else _size(entry.message)
+            self.ready_bytes -= len(entry.message.body)
         else:
-            self.ready_bytes = 0  # exact again (recovered disk-only messages are not counted)
+            self.ready_bytes = 0  # exact again (recovered sizes are estimates)
         return entry
 
     # -- messages out ---------------------------------------------------------------------
@@ -205,8 +210,7 @@ class Queue:
             expires_at = entry.expires_at
             if expires_at is None or expires_at > self._loop.time():
                 return entry
-            dead_letter(self, [entry.message], "expired")
-            self.forget([entry.message])
+            self._discard([entry], "expired")
         return None
 
     def requeue(self, entries: Iterable[Entry]) -> None:
@@ -222,12 +226,11 @@ class Queue:
             if self.is_quorum:
                 entry.delivery_count += 1
                 if self.delivery_limit is not None and entry.delivery_count > self.delivery_limit:
-                    over_limit.append(entry.message)
+                    over_limit.append(entry)
                     continue
             batch.append(entry)
         if over_limit:
-            dead_letter(self, over_limit, "delivery_limit")
-            self.forget(over_limit)
+            self._discard(over_limit, "delivery_limit")
         if not batch:
             return
         if self.is_quorum:  # a quorum queue returns messages to its back
@@ -235,7 +238,7 @@ class Queue:
                 self.ready.push(entry)
         else:
             self.ready.requeue(batch)
-        self.ready_bytes += sum(_size(e.message) for e in batch)
+        self.ready_bytes += sum(len(e.message.body) for e in batch)
         if self._limited and self.overflow == "drop-head":
             self._drop_head_over_limit()
         expiring = [e.expires_at for e in batch if e.expires_at is not None]
@@ -246,44 +249,50 @@ class Queue:
 
     def reject(self, entries: list[Entry]) -> None:
         """Settled without requeue (nack/reject): dead-letter with reason rejected."""
-        messages = [e.message for e in entries]
-        if self.dead_letter_exchange is not None:
-            dead_letter(self, messages, "rejected")
-        self.forget(messages)
+        self._discard(entries, "rejected")
 
     def acked(self, entries: list[Entry]) -> None:
         """Deliveries from this queue were acknowledged."""
-        if self.persists:
-            self.forget([e.message for e in entries])
+        self.forget(entries)
 
-    def forget(self, messages: Iterable[Message]) -> None:
-        """These messages left the queue for good: tell the store, for a durable queue."""
-        if not self.persists:
-            return
+    def _discard(self, entries: list[Entry], reason: str | None) -> None:
+        """Entries leave the queue for good; with a reason they are dead-lettered (when the
+        queue has a dead-letter exchange). Either way their stored copies are released."""
+        if reason is not None and self.dead_letter_exchange is not None:
+            dead_letter(self, entries, reason)  # releases the stored copies it replaces
+        else:
+            self.forget(entries)
+
+    def forget(self, entries: Iterable[Entry]) -> None:
+        """These entries left the queue for good: release their stored copies."""
         store = self.vhost.store
-        assert store is not None
+        if store is None:
+            return
         key = self.store_key
-        for message in messages:
-            if message.refs:
-                store.remove(key, message)
+        for entry in entries:
+            if entry.msg_id is not None:
+                store.remove(key, entry.msg_id)
 
-    def stored_delivery(self, message: Message, no_ack: bool) -> None:
+    def stored_delivery(self, entry: Entry, no_ack: bool) -> None:
         """A stored message goes out: gone for good (no-ack) or marked as delivered."""
         store = self.vhost.store
-        assert store is not None
+        assert store is not None and entry.msg_id is not None
         if no_ack:
-            store.remove(self.store_key, message)
+            store.remove(self.store_key, entry.msg_id)
+            entry.msg_id = None
         else:
-            store.delivered(self.store_key, message)
+            store.delivered(self.store_key, entry.msg_id)
 
     def purge(self) -> int:
         """Drop the ready messages (unacked ones stay); returns how many."""
         count = len(self.ready)
         entries, spilled = self.ready.clear()
         self.ready_bytes = 0
-        if self.persists:
-            assert self.vhost.store is not None
-            self.vhost.store.remove_all(self.store_key, [e.message for e in entries], spilled)
+        store = self.vhost.store
+        if store is not None:
+            self.forget(entries)
+            for msg_id in spilled:
+                store.remove(self.store_key, msg_id)
         return count
 
     def drop_all(self) -> None:
@@ -292,15 +301,22 @@ class Queue:
         self.ready_bytes = 0
         if self.persists:
             assert self.vhost.store is not None
-            self.vhost.store.purge(self.store_key, [e.message for e in entries], spilled)
+            ids = [e.msg_id for e in entries if e.msg_id is not None] + spilled
+            self.vhost.store.purge(self.store_key, ids)
 
     # -- messages that live on disk only (durable queues) ---------------------------------
+    def _can_spill(self, entry: Entry) -> bool:
+        store = self.vhost.store
+        return spillable(entry) and store is not None and store.is_written(entry.msg_id)  # type: ignore[arg-type]
+
     def restore_stored(self, ids: array[int], delivered: set[int]) -> None:
         """Recovery: the queue's stored messages, in publish order.
 
         Messages handed out before the restart come back first, in memory, flagged
         redelivered; the rest stay on disk (only their ids in memory) until needed.
         """
+        store = self.vhost.store
+        assert store is not None
         last_delivered = -1
         if delivered:
             for index, msg_id in enumerate(ids):
@@ -313,32 +329,43 @@ class Queue:
             head += [(index, ids[index]) for index in range(spill_from, len(ids))]
             spill_from = len(ids)
         for entry in self._load_spilled(head):
-            entry.redelivered = entry.message.msg_id in delivered
+            entry.redelivered = entry.msg_id in delivered
             self.ready.push(entry)
-            self.ready_bytes += _size(entry.message)
+            self.ready_bytes += len(entry.message.body)
         if spill_from < len(ids):
             assert isinstance(self.ready, FifoReady)
-            pairs = array("Q")
+            triples = array("Q")
             for index in range(spill_from, len(ids)):
-                pairs.append(index)
-                pairs.append(ids[index])
-            self.ready.restore_spilled(pairs)
+                msg_id = ids[index]
+                size = store.size_of(msg_id)
+                triples.append(index)
+                triples.append(msg_id)
+                triples.append(size)
+                self.ready_bytes += size
+            self.ready.restore_spilled(triples)
         self._next_seq = len(ids)
-        due = self.ready.next_expiry()
-        if due is not None:
-            self._arm_ttl_timer(due)
+        self._arm_next_expiry()
 
     def _load_spilled(self, pairs: list[tuple[int, int]]) -> list[Entry]:
-        """Entries for (seq, msg_id) pairs, their messages read back from the store."""
+        """Entries for (seq, msg_id) pairs, their messages read back from the store.
+
+        A record that cannot be read (damaged on disk) is lost: logged and released.
+        """
         store = self.vhost.store
         assert store is not None
         now_ms = time.time() * 1000
         now = self._loop.time()
         entries = []
         for seq, msg_id in pairs:
-            found = store.read(msg_id)
-            message = stored_message(msg_id, found.route_raw, found.header, found.body)
-            entry = Entry(seq, message)
+            try:
+                found = store.read(msg_id)
+            except (CorruptRecord, OSError) as error:
+                log.error("queue '%s' in vhost '%s' lost a stored message: %s", self.name,
+                          self.vhost.name, error)
+                store.remove(self.store_key, msg_id)
+                continue
+            message = stored_message(found.route_raw, found.header, found.body)
+            entry = Entry(seq, message, False, msg_id)
             ttl = self.message_ttl
             if message.ttl is not None and (ttl is None or message.ttl < ttl):
                 ttl = message.ttl
@@ -356,8 +383,9 @@ class Queue:
         self._spill_timer = None
         if self.deleted:
             return
-        self.ready.spill(SPILL_KEEP)
-        if self.ready.in_memory > SPILL_AT:
+        ready = self.ready
+        ready.spill(SPILL_KEEP, SPILL_KEEP_BYTES)
+        if ready.in_memory > SPILL_AT or self.ready_bytes - ready.spilled_bytes > SPILL_BYTES:
             self._spill_soon()
 
     @property
@@ -369,10 +397,12 @@ class Queue:
         """Drop (dead-letter, reason expired) every head whose time has come."""
         expired = self.ready.pop_expired(self._loop.time())
         if expired:
-            messages = [e.message for e in expired]
-            self.ready_bytes -= sum(_size(m) for m in messages)
-            dead_letter(self, messages, "expired")
-            self.forget(messages)
+            self.ready_bytes = max(
+                self.ready_bytes - sum(len(e.message.body) for e in expired), 0)
+            self._discard(expired, "expired")
+        self._arm_next_expiry()
+
+    def _arm_next_expiry(self) -> None:
         due = self.ready.next_expiry()
         if due is not None:
             self._arm_ttl_timer(due)
@@ -387,8 +417,14 @@ class Queue:
 
     def _ttl_fired(self) -> None:
         self._ttl_timer = None
-        if not self.deleted:
+        if self.deleted:
+            return
+        try:
             self.expire()
+        except Exception:  # a bug must not stop expiry for good: log, try again later
+            log.exception("expiry failed in queue '%s' of vhost '%s'", self.name,
+                          self.vhost.name)
+            self._arm_ttl_timer(self._loop.time() + 1.0)
 
     def touch(self) -> None:
         """The queue was used (basic.get, redeclare, last consumer left): restart x-expires."""
@@ -544,12 +580,4 @@ def quorum_header(entry: Entry, for_get: bool) -> bytes:
         return message.header
     properties = copy_properties(message.properties)
     properties.headers["x-delivery-count"] = Long(entry.delivery_count)
-    return content_header(_size(message), properties)
-
-
-def _size(message: Message) -> int:
-    """Body size for length limits; a body held only on disk counts by its header's size."""
-    body = message.body
-    if body is not None:
-        return len(body)
-    return int.from_bytes(message.header[4:12], "big")
+    return content_header(len(message.body), properties)

@@ -46,28 +46,30 @@ REFILL_BATCH = 512
 
 
 def spillable(entry: Entry) -> bool:
-    """Whether an entry can live on disk only: stored, and nothing about it only in RAM."""
-    message = entry.message
-    return (message.msg_id is not None and message.refs > 0 and not entry.redelivered
-            and entry.delivery_count == 0)
+    """Whether an entry may live on disk only: stored, and nothing about it only in RAM."""
+    return entry.msg_id is not None and not entry.redelivered and entry.delivery_count == 0
 
 
 class FifoReady:
     """First in, first out; a long backlog of stored messages can live on disk.
 
     Three regions, in order: ``_items`` (entries in memory, the head), ``_spill`` (only the
-    (seq, msg_id) of stored messages, 16 bytes each) and ``_tail`` (entries in memory that
-    arrived while the spill was not empty). Popping refills the head from the spill.
+    (seq, msg_id, size) of stored messages, 24 bytes each) and ``_tail`` (entries in memory
+    that arrived while the spill was not empty). Popping refills the head from the spill.
+    ``can_spill`` says whether an entry's record can be read back yet.
     """
 
-    __slots__ = ("_items", "_spill", "_spill_len", "_tail", "loader")
+    __slots__ = ("_items", "_spill", "_spill_len", "_tail", "can_spill", "loader",
+                 "spilled_bytes")
 
     def __init__(self) -> None:
         self._items: deque[Entry] = deque()
-        self._spill: deque[array[int]] = deque()  # flattened (seq, msg_id) pairs
+        self._spill: deque[array[int]] = deque()  # flattened (seq, msg_id, size) triples
         self._spill_len = 0
         self._tail: deque[Entry] = deque()
         self.loader: SpillLoader | None = None
+        self.can_spill: Callable[[Entry], bool] = spillable
+        self.spilled_bytes = 0  # body sizes of the spilled messages
 
     def __len__(self) -> int:
         return len(self._items) + self._spill_len + len(self._tail)
@@ -97,53 +99,69 @@ class FifoReady:
             pairs: list[tuple[int, int]] = []
             while self._spill and len(pairs) < REFILL_BATCH:
                 chunk = self._spill[0]
-                take = min(len(chunk) // 2, REFILL_BATCH - len(pairs))
-                pairs += [(chunk[2 * k], chunk[2 * k + 1]) for k in range(take)]
-                if take * 2 == len(chunk):
+                take = min(len(chunk) // 3, REFILL_BATCH - len(pairs))
+                for k in range(take):
+                    pairs.append((chunk[3 * k], chunk[3 * k + 1]))
+                    self.spilled_bytes -= chunk[3 * k + 2]
+                if take * 3 == len(chunk):
                     self._spill.popleft()
                 else:
-                    self._spill[0] = chunk[2 * take :]
+                    self._spill[0] = chunk[3 * take :]
             self._spill_len -= len(pairs)
             self._items.extend(self.loader(pairs))
+            if not self._spill_len:
+                self.spilled_bytes = 0
         if not self._spill_len and self._tail:
             self._items.extend(self._tail)
             self._tail.clear()
 
-    def spill(self, keep: int) -> int:
-        """Move stored entries beyond the first ``keep`` to disk only; returns how many."""
+    def spill(self, keep: int, keep_bytes: int) -> int:
+        """Move stored entries beyond the first ``keep`` (and ``keep_bytes`` of bodies) to
+        disk only; returns how many moved."""
         moved: list[Entry] = []
+        can_spill = self.can_spill
         if not self._spill_len:  # then the tail is empty too: split the head after `keep`
             items = self._items
-            if len(items) <= keep:
+            kept = kept_bytes = 0
+            for entry in items:
+                if kept >= keep or kept_bytes >= keep_bytes:
+                    break
+                kept += 1
+                kept_bytes += len(entry.message.body)
+            if len(items) <= kept:
                 return 0
-            rest = [items.pop() for _ in range(len(items) - keep)]
+            rest = [items.pop() for _ in range(len(items) - kept)]
             rest.reverse()
             count = 0
-            while count < len(rest) and spillable(rest[count]):
+            while count < len(rest) and can_spill(rest[count]):
                 count += 1
-            if not count:  # nothing stored yet right after the kept head: try later
+            if not count:  # nothing readable yet right after the kept head: try later
                 items.extend(rest)
                 return 0
             moved = rest[:count]
             self._tail.extend(rest[count:])  # not yet written: stays in memory, after the spill
         else:  # the spill grows at its end, from the front of the tail
             tail = self._tail
-            while tail and spillable(tail[0]):
+            while tail and can_spill(tail[0]):
                 moved.append(tail.popleft())
         if moved:
             chunk = array("Q")
             for entry in moved:
+                size = len(entry.message.body)
                 chunk.append(entry.seq)
-                chunk.append(entry.message.msg_id)  # type: ignore[arg-type]
+                chunk.append(entry.msg_id)  # type: ignore[arg-type]
+                chunk.append(size)
+                self.spilled_bytes += size
             self._spill.append(chunk)
             self._spill_len += len(moved)
         return len(moved)
 
-    def restore_spilled(self, pairs: array[int]) -> None:
-        """Recovery: (seq, msg_id) pairs of stored messages after the in-memory head."""
-        if len(pairs):
-            self._spill.append(pairs)
-            self._spill_len += len(pairs) // 2
+    def restore_spilled(self, triples: array[int]) -> None:
+        """Recovery: (seq, msg_id, size) triples of stored messages after the in-memory head."""
+        if len(triples):
+            self._spill.append(triples)
+            self._spill_len += len(triples) // 3
+            self.spilled_bytes += sum(triples[2::3])
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Remove and return head entries whose expiry time has passed."""
@@ -157,6 +175,9 @@ class FifoReady:
         return expired
 
     def next_expiry(self) -> float | None:
+        """When the head expires; the head is read back from disk if it was spilled."""
+        if not self._items and (self._spill_len or self._tail):
+            self._refill()
         items = self._items
         return items[0].expires_at if items else None
 
@@ -166,11 +187,12 @@ class FifoReady:
     def clear(self) -> tuple[list[Entry], list[int]]:
         """Empty the list; returns the in-memory entries and the disk-only message ids."""
         entries = [*self._items, *self._tail]
-        spilled = [chunk[k] for chunk in self._spill for k in range(1, len(chunk), 2)]
+        spilled = [chunk[k] for chunk in self._spill for k in range(1, len(chunk), 3)]
         self._items.clear()
         self._spill.clear()
         self._spill_len = 0
         self._tail.clear()
+        self.spilled_bytes = 0
         return entries, spilled
 
 
@@ -234,7 +256,9 @@ class PriorityReady:
     def in_memory(self) -> int:
         return self._count
 
-    def spill(self, keep: int) -> int:
+    spilled_bytes = 0
+
+    def spill(self, keep: int, keep_bytes: int) -> int:
         return 0  # priority levels stay in memory
 
     def clear(self) -> tuple[list[Entry], list[int]]:

@@ -14,6 +14,7 @@ from broker.connection import Connection
 from broker.dispatcher import Dispatcher
 from broker.message import stored_message
 from broker.store import MessageStore
+from broker.store.records import CorruptRecord
 from broker.store.store import Recovered
 from broker.vhost import VirtualHost
 from protocol import constants as c
@@ -60,13 +61,13 @@ class Broker:
         if config.data_dir is not None:
             self.store = MessageStore(
                 config.data_dir, self.loop, fsync=config.fsync,
-                sync_interval=config.sync_interval,
+                sync_interval=config.sync_interval, segment_limit=config.segment_limit,
+                io=config.store_io, audit=config.store_audit,
             )
             recovered = self.store.open()
             for vhost in self.vhosts.values():
                 vhost.store = self.store
             self._restore(recovered)
-            self.store.definitions_source = self.definitions
         self._check_resources()
         self._server = await self.loop.create_server(
             lambda: Connection(self), config.host, config.port, backlog=1024,
@@ -77,22 +78,33 @@ class Broker:
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
                  config.host, self.port, config.data_dir or "none, nothing is kept")
 
-    def definitions(self) -> dict[str, object]:
-        return {"vhosts": {name: vhost.definitions() for name, vhost in self.vhosts.items()}}
-
     def _restore(self, recovered: Recovered) -> None:
-        saved = recovered.definitions.get("vhosts", {})
+        saved = recovered.definitions.vhosts
         for name, vhost in self.vhosts.items():
             vhost.restore_definitions(saved.get(name, {}))
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+        # Messages of a queue the definitions do not know are purged, unless the
+        # definitions lost something: then the queue is recreated rather than emptied.
+        trust_definitions = not recovered.definitions_problems
         for (vhost_name, queue_name), found in recovered.queues.items():
+            key = (vhost_name, queue_name)
             vhost = self.vhosts.get(vhost_name)
             if vhost is not None and queue_name.startswith(delayed.STORE_PREFIX):
                 self._restore_delayed(vhost, queue_name, found.ids)
                 continue
             queue = vhost.queues.get(queue_name) if vhost else None
+            if queue is None and vhost is not None and found.ids and not trust_definitions:
+                log.warning("queue '%s' in vhost '%s' holds %d stored messages but its "
+                            "definition was lost: recreated as a durable queue", queue_name,
+                            vhost_name, len(found.ids))
+                queue = vhost.restore_orphan(queue_name)
             if queue is None or not queue.persists:
-                self.store.purge((vhost_name, queue_name), [], list(found.ids))  # gone
+                if found.ids:
+                    log.warning("dropping %d stored messages of queue '%s' in vhost '%s', "
+                                "which no longer exists", len(found.ids), queue_name,
+                                vhost_name)
+                store.purge(key, list(found.ids))
                 continue
             queue.restore_stored(found.ids, found.delivered)
         if recovered.message_count:
@@ -100,22 +112,41 @@ class Broker:
 
     def _restore_delayed(self, vhost: VirtualHost, key_name: str, ids: array[int]) -> None:
         """Messages a durable delayed-message exchange held: schedule them again."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+        key = (vhost.name, key_name)
         exchange = vhost.exchanges.get(key_name[len(delayed.STORE_PREFIX) :])
         if exchange is None or not exchange.delayed:
-            self.store.purge((vhost.name, key_name), [], list(ids))
+            store.purge(key, list(ids))
             return
         held = []
         for msg_id in ids:
-            found = self.store.read(msg_id)
-            message = stored_message(msg_id, found.route_raw, found.header, found.body)
-            held.append((found.published_ms + delayed.delay_of(message), message))
+            try:
+                found = store.read(msg_id)
+            except (CorruptRecord, OSError) as error:
+                log.error("lost a delayed message of exchange '%s': %s", exchange.name, error)
+                store.remove(key, msg_id)
+                continue
+            message = stored_message(found.route_raw, found.header, found.body)
+            held.append((found.published_ms + delayed.delay_of(message), message, msg_id))
         vhost.delayed.restore(exchange, held)
         log.info("rescheduled %d delayed messages of exchange '%s'", len(held), exchange.name)
 
     # -- resource alarms ------------------------------------------------------------------
     def _check_resources(self) -> None:
-        """RabbitMQ's alarms: block publishers while disk or memory is short."""
+        """RabbitMQ's alarms: block publishers while disk or memory is short.
+
+        It re-arms itself first, so an error here cannot switch the alarms off for good.
+        """
+        self._alarm_timer = self.loop.call_later(self.config.resource_check_interval,
+                                                 self._check_resources)
+        try:
+            self._check_disk_and_memory()
+        except Exception:
+            log.exception("resource check failed; trying again in %.1fs",
+                          self.config.resource_check_interval)
+
+    def _check_disk_and_memory(self) -> None:
         config = self.config
         low_disk = False
         if config.data_dir is not None:
@@ -124,10 +155,8 @@ class Broker:
             except OSError:
                 free = None
             store = self.store
-            if store is not None and store.failed and free is not None and (
-                    free >= config.disk_free_limit):
-                log.info("disk space is back; retrying store writes")
-                store.failed = None
+            if store is not None and store.failed:
+                store.retry()  # the writer tries its held writes again
             low_disk = (free is not None and free < config.disk_free_limit) or bool(
                 store is not None and store.failed)
             self._set_alarm(DISK_ALARM, low_disk, f"{free} bytes free, limit "
@@ -136,8 +165,6 @@ class Broker:
         if config.memory_high_watermark and rss is not None:
             self._set_alarm(MEMORY_ALARM, rss > config.memory_high_watermark,
                             f"resident memory {rss} bytes, limit {config.memory_high_watermark}")
-        self._alarm_timer = self.loop.call_later(config.resource_check_interval,
-                                                 self._check_resources)
 
     def _set_alarm(self, alarm: str, on: bool, detail: str) -> None:
         if on and alarm not in self.alarms:

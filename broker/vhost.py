@@ -53,6 +53,7 @@ class VirtualHost:
             self.exchanges[ex_name] = Exchange(ex_name, ex_type)
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to, see broker.direct_reply
+        self._restoring = False
 
     # -- naming helpers --------------------------------------------------------------------
     def _in(self) -> str:
@@ -122,7 +123,8 @@ class VirtualHost:
         )
         self.exchanges[name] = exchange
         if durable:
-            self.definitions_changed()
+            self._define("exchange.declare", name=name, type=type_, auto_delete=auto_delete,
+                         internal=internal, arguments=encode_table(arguments))
         return exchange
 
     def _check_equivalent_exchange(
@@ -159,14 +161,14 @@ class VirtualHost:
         self._remove_exchange(exchange)
 
     def _remove_exchange(self, exchange: Exchange) -> None:
-        if exchange.durable:
-            self.definitions_changed()
         self.exchanges.pop(exchange.name, None)
         for ident, args in list(exchange.table.bindings.items()):
             self._unlink(exchange, ident[0], ident[1], args)
         for source, key, frozen_args in list(exchange.bound_as_destination):
             args = source.table.bindings.get((exchange, key, frozen_args), {})
             self.unbind(source, exchange, key, args)
+        if exchange.durable:
+            self._define("exchange.delete", name=exchange.name)
 
     # -- queues ----------------------------------------------------------------------------
     def get_queue(self, name: str, connection: Connection | None) -> Queue:
@@ -241,7 +243,8 @@ class VirtualHost:
         )
         self.queues[name] = queue
         if queue.persists:
-            self.definitions_changed()
+            self._define("queue.declare", name=name, auto_delete=auto_delete,
+                         arguments=encode_table(arguments))
         return queue
 
     def _check_quorum(self, name: str, durable: bool, exclusive: bool, auto_delete: bool,
@@ -281,8 +284,6 @@ class VirtualHost:
             return 0
         queue.deleted = True
         queue.stop_timers()
-        if queue.persists:
-            self.definitions_changed()
         count = queue.message_count
         self.queues.pop(queue.name, None)
         self.reply_queues.pop(queue.name, None)
@@ -293,53 +294,49 @@ class VirtualHost:
             consumer.channel.cancel_by_server(consumer)
         queue.consumers.clear()
         queue.drop_all()
+        if queue.persists:
+            self._define("queue.delete", name=queue.name)
         return count
 
     # -- durable definitions ---------------------------------------------------------------
-    def definitions_changed(self) -> None:
-        if self.store is not None:
-            self.store.definitions_changed()
+    def _define(self, op: str, **fields: Any) -> None:
+        """Record a durable definition change in the store (not while restoring them)."""
+        if self.store is not None and not self._restoring:
+            self.store.define({"op": op, "vhost": self.name, **fields})
 
-    def definitions(self) -> dict[str, Any]:
-        """The durable exchanges, queues and bindings, as the store keeps them."""
-        exchanges = [
-            {"name": ex.name, "type": ex.type, "auto_delete": ex.auto_delete,
-             "internal": ex.internal, "arguments": encode_table(ex.arguments)}
-            for ex in self.exchanges.values()
-            if ex.durable and ex.name and not ex.name.startswith("amq.")
-        ]
-        queues = [
-            {"name": q.name, "auto_delete": q.auto_delete, "arguments": encode_table(q.arguments)}
-            for q in self.queues.values() if q.persists
-        ]
-        bindings = []
-        for source in self.exchanges.values():
-            for (dest, key, _frozen), args in source.table.bindings.items():
-                if _durable_binding(source, dest):
-                    bindings.append({
-                        "source": source.name, "destination": dest.name, "routing_key": key,
-                        "destination_type": "exchange" if isinstance(dest, Exchange) else "queue",
-                        "arguments": encode_table(args),
-                    })
-        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+    def _define_binding(self, op: str, source: Exchange, dest: Queue | Exchange, key: str,
+                        arguments: dict[str, Any]) -> None:
+        self._define(op, source=source.name, destination=dest.name,
+                     destination_type="exchange" if isinstance(dest, Exchange) else "queue",
+                     routing_key=key, arguments=encode_table(arguments))
 
     def restore_definitions(self, saved: dict[str, Any]) -> None:
         """Recreate durable exchanges, queues and bindings read from the store."""
-        for ex in saved.get("exchanges", []):
-            self.exchanges[ex["name"]] = Exchange(
-                ex["name"], ex["type"], durable=True, auto_delete=ex["auto_delete"],
-                internal=ex["internal"], arguments=decode_table(ex["arguments"]))
-        for q in saved.get("queues", []):
-            self.queues[q["name"]] = Queue(q["name"], self, durable=True,
-                                           auto_delete=q["auto_delete"],
-                                           arguments=decode_table(q["arguments"]))
-        for b in saved.get("bindings", []):
-            source = self.exchanges.get(b["source"])
-            dest: Queue | Exchange | None = (
-                self.exchanges.get(b["destination"]) if b["destination_type"] == "exchange"
-                else self.queues.get(b["destination"]))
-            if source is not None and dest is not None:
-                self.bind(source, dest, b["routing_key"], decode_table(b["arguments"]))
+        self._restoring = True
+        try:
+            for name, ex in saved.get("exchanges", {}).items():
+                self.exchanges[name] = Exchange(
+                    name, ex["type"], durable=True, auto_delete=ex["auto_delete"],
+                    internal=ex["internal"], arguments=decode_table(ex["arguments"]))
+            for name, q in saved.get("queues", {}).items():
+                self.queues[name] = Queue(name, self, durable=True, auto_delete=q["auto_delete"],
+                                          arguments=decode_table(q["arguments"]))
+            for b in saved.get("bindings", {}).values():
+                source = self.exchanges.get(b["source"])
+                dest: Queue | Exchange | None = (
+                    self.exchanges.get(b["destination"]) if b["destination_type"] == "exchange"
+                    else self.queues.get(b["destination"]))
+                if source is not None and dest is not None:
+                    self.bind(source, dest, b["routing_key"], decode_table(b["arguments"]))
+        finally:
+            self._restoring = False
+
+    def restore_orphan(self, name: str) -> Queue:
+        """A queue the message log names but the definitions lost: recreated as a plain
+        durable queue so its stored messages are kept."""
+        self.queues[name] = queue = Queue(name, self, durable=True)
+        self._define("queue.declare", name=name, auto_delete=False, arguments={})
+        return queue
 
     def connection_closed(self, connection: Connection) -> None:
         """Exclusive queues go with the connection that owns them."""
@@ -357,7 +354,7 @@ class VirtualHost:
             return
         link = (source, key, freeze(arguments))
         if _durable_binding(source, dest):
-            self.definitions_changed()
+            self._define_binding("bind", source, dest, key, arguments)
         if isinstance(dest, Exchange):
             source.exchange_destinations += 1
             dest.bound_as_destination.add(link)
@@ -382,7 +379,7 @@ class VirtualHost:
         if not source.table.remove(dest, key, arguments):
             return False
         if _durable_binding(source, dest):
-            self.definitions_changed()
+            self._define_binding("unbind", source, dest, key, arguments)
         link = (source, key, freeze(arguments))
         if isinstance(dest, Exchange):
             source.exchange_destinations -= 1
@@ -410,28 +407,6 @@ class VirtualHost:
                 and len(keys) == 1):
             return list(exchange.table.route(key, _headers_of(message)))
         return list(self._route_graph(exchange, message, keys))
-
-    def enqueue_all(self, queues: list[Queue], message: Message) -> bool:
-        """Put ``message`` in each queue (storing it for the durable ones when persistent).
-
-        Returns True when some queue refused it (x-overflow reject-publish).
-        """
-        store = self.store
-        if len(queues) == 1 and (store is None or not message.persistent):
-            return not queues[0].enqueue(message)  # the common case: one queue, in memory
-        if store is not None and message.persistent:
-            # Stored first, so that a consumer taking it at once settles it in the store
-            # (a message acked before the group commit is never written).
-            durable = [queue.store_key for queue in queues if queue.persists]
-            if durable:
-                store.publish(message, durable)
-        refused = False
-        for queue in queues:
-            if not queue.enqueue(message):
-                refused = True
-                if queue.persists and message.refs:
-                    store.remove(queue.store_key, message)  # type: ignore[union-attr]
-        return refused
 
     def _route_graph(self, exchange: Exchange, message: Message,
                      keys: list[str]) -> dict[Queue, None]:

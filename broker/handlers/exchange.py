@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 
 def declare(ch: Channel, m: commands.Exchange.Declare) -> None:
+    mark = ch.store_mark()
     ch.vhost.declare_exchange(
         m.exchange,
         m.exchange_type,
@@ -21,32 +22,35 @@ def declare(ch: Channel, m: commands.Exchange.Declare) -> None:
         arguments=m.arguments or {},
     )
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Exchange.DeclareOk())
+        ch.reply(commands.Exchange.DeclareOk(), mark)
 
 
 def delete(ch: Channel, m: commands.Exchange.Delete) -> None:
+    mark = ch.store_mark()
     ch.vhost.delete_exchange(m.exchange, m.if_unused)
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Exchange.DeleteOk())
+        ch.reply(commands.Exchange.DeleteOk(), mark)
 
 
 def bind(ch: Channel, m: commands.Exchange.Bind) -> None:
     vhost = ch.vhost
     source = vhost.get_exchange(m.source)
     destination = vhost.get_exchange(m.destination)
+    mark = ch.store_mark()
     vhost.bind(source, destination, m.routing_key, m.arguments or {})
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Exchange.BindOk())
+        ch.reply(commands.Exchange.BindOk(), mark)
 
 
 def unbind(ch: Channel, m: commands.Exchange.Unbind) -> None:
     vhost = ch.vhost
     source = vhost.exchanges.get(m.source)
     destination = vhost.exchanges.get(m.destination)
+    mark = ch.store_mark()
     if source is not None and destination is not None:  # unbind is idempotent in RabbitMQ
         vhost.unbind(source, destination, m.routing_key, m.arguments or {})
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Exchange.UnbindOk())
+        ch.reply(commands.Exchange.UnbindOk(), mark)
 
 
 HANDLERS = {

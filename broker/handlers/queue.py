@@ -30,6 +30,7 @@ def declare(ch: Channel, m: commands.Queue.Declare) -> None:
         ch.connection.send_method(ch.number, make(
             commands.Queue.DeclareOk, queue=m.queue, message_count=0, consumer_count=1))
         return
+    mark = ch.store_mark()
     queue = ch.vhost.declare_queue(
         m.queue,
         ch.connection,
@@ -41,47 +42,45 @@ def declare(ch: Channel, m: commands.Queue.Declare) -> None:
     )
     ch.last_queue = queue.name
     if not m.nowait:
-        ch.connection.send_method(
-            ch.number,
-            make(
-                commands.Queue.DeclareOk,
-                queue=queue.name,
-                message_count=queue.message_count,
-                consumer_count=len(queue.consumers),
-            ),
-        )
+        ch.reply(make(commands.Queue.DeclareOk, queue=queue.name,
+                      message_count=queue.message_count, consumer_count=len(queue.consumers)),
+                 mark)
 
 
 def bind(ch: Channel, m: commands.Queue.Bind) -> None:
     vhost = ch.vhost
     source = vhost.get_exchange(m.exchange)
     queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    mark = ch.store_mark()
     vhost.bind(source, queue, m.routing_key, m.arguments or {})
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Queue.BindOk())
+        ch.reply(commands.Queue.BindOk(), mark)
 
 
 def unbind(ch: Channel, m: commands.Queue.Unbind) -> None:
     vhost = ch.vhost
     source = vhost.exchanges.get(m.exchange)
     queue = vhost.queues.get(_queue_name(ch, m.queue))
+    mark = ch.store_mark()
     if source is not None and queue is not None:  # unbind is idempotent in RabbitMQ
         vhost.check_exclusive(queue, ch.connection)
         vhost.unbind(source, queue, m.routing_key, m.arguments or {})
-    ch.connection.send_method(ch.number, commands.Queue.UnbindOk())
+    ch.reply(commands.Queue.UnbindOk(), mark)
 
 
 def purge(ch: Channel, m: commands.Queue.Purge) -> None:
     queue = ch.vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    mark = ch.store_mark()
     count = queue.purge()
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Queue.PurgeOk(message_count=count))
+        ch.reply(commands.Queue.PurgeOk(message_count=count), mark)
 
 
 def delete(ch: Channel, m: commands.Queue.Delete) -> None:
     vhost = ch.vhost
     name = _queue_name(ch, m.queue)
     queue: Queue | None = vhost.queues.get(name)
+    mark = ch.store_mark()
     if queue is None:
         count = 0  # RabbitMQ 3.x answers delete-ok with 0 for a missing queue
     else:
@@ -93,7 +92,7 @@ def delete(ch: Channel, m: commands.Queue.Delete) -> None:
             raise errors.PreconditionFailed(f"{where} not empty")
         count = vhost.delete_queue(queue)
     if not m.nowait:
-        ch.connection.send_method(ch.number, commands.Queue.DeleteOk(message_count=count))
+        ch.reply(commands.Queue.DeleteOk(message_count=count), mark)
 
 
 HANDLERS = {

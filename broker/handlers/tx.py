@@ -25,27 +25,16 @@ def _require_tx(ch: Channel) -> None:
 
 
 def commit(ch: Channel, m: commands.Tx.Commit) -> None:
+    """Apply the transaction; commit-ok once its persistent publishes are on disk."""
     _require_tx(ch)
-    publishes, ch.tx_publishes = ch.tx_publishes, []
-    settlements, ch.tx_settlements = ch.tx_settlements, []
-    for exchange, message, mandatory in publishes:
-        ch.route(exchange, message, mandatory)
-    ch.tx_mode = False  # settle for real, then return to transactional mode
-    try:
-        for kind, tag, multiple, requeue in settlements:
-            if kind == "ack":
-                ch.ack(tag, multiple)
-            else:
-                ch.nack(tag, multiple, requeue)
-    finally:
-        ch.tx_mode = True
-    ch.connection.send_method(ch.number, commands.Tx.CommitOk())
+    mark = ch.store_mark()
+    ch.commit()
+    ch.reply(commands.Tx.CommitOk(), mark)
 
 
 def rollback(ch: Channel, m: commands.Tx.Rollback) -> None:
     _require_tx(ch)
-    ch.tx_publishes.clear()
-    ch.tx_settlements.clear()
+    ch.rollback()
     ch.connection.send_method(ch.number, commands.Tx.RollbackOk())
 
 

@@ -1,17 +1,17 @@
 """Durable storage: definitions and persistent messages on disk, and their recovery.
 
-Layout of a data directory (format version 1)::
+Layout of a data directory (format version 2)::
 
-    FORMAT              "leveret-store 1": refused with a clear message if it differs
-    LOCK                flock'ed while a broker uses the directory
-    definitions.json    durable vhosts' exchanges, queues and bindings (write, fsync, rename)
-    segments/NNNNNNNN.log   the message log: append-only records, each with a CRC32
+    FORMAT                      "leveret-store 2": any other is refused with a clear message
+    LOCK                        flock'ed while a broker uses the directory
+    definitions.<g>.json        a snapshot of the durable definitions, with its CRC
+    definitions.<g>.log         the changes since that snapshot, one CRC'd record each
+    segments/NNNNNNNN.log       the message log: append-only records, each with a CRC
 
-Records (``records.py``): PUBLISH carries one persistent message once, with the names of
-every durable queue it went to; REMOVE, DELIVERED and PURGE record what happened to it in a
-queue. A restart replays the segments in order and rebuilds every queue in publish order.
-A segment file is deleted once it holds no live message and no older segment still needs
-its removal records.
+Modules: ``records`` (the record format), ``segments`` (reading the log's files), ``index``
+(where each stored message lives and who holds it), ``writer`` (the thread that writes and
+fsyncs), ``recovery`` (replaying the log), ``compactor`` (bounding disk use),
+``definitions`` (the definitions log) and ``store`` (the contract with the model).
 """
 
 from broker.store.store import MessageStore, StoreError

@@ -1,16 +1,26 @@
-"""The message log's record format.
+"""The message log's record format (store format 2).
 
-    record  = length:u32  crc32:u32  body          (crc32 of body; length of body)
+    record  = MAGIC  length:u32  crc32:u32  body    (crc32 of the length field and the body)
     body    = type:u8  fields
 
     PUBLISH    msg_id:u64 published_ms:u64 route(shortstr exchange, shortstr key)
-               header_len:u32 header body_len:u32 body queue_count:u16 queue*
+               header_len:u32 header body_len:u32 body
+               queue_count:u16 queue*  delivered_count:u16 queue*
+               moved_count:u16 (queue msg_id:u64)*
     REMOVE     queue  count:u32  msg_id:u64*
     DELIVERED  queue  count:u32  msg_id:u64*
     PURGE      queue
+    MERGED     below:u32      (first record of a merged file: files numbered below are stale)
     queue      = shortstr vhost  shortstr name
 
-A message's id is its record's position in the log: segment number << 32 | offset.
+A message's id is the position its PUBLISH record was first written at (segment number << 32
+| offset). A merged file keeps the ids of the records it carries. ``moved`` names the stored
+copies this message replaces (dead-lettering, a delayed message coming due): the removal and
+the new copy are one record, so no crash can keep one without the other. ``delivered``
+names the queues that had handed the message out (only merged records carry it).
+
+The magic lets recovery find the next record after a damaged one; the CRC covers the
+length, so a damaged length is detected rather than followed.
 """
 
 from __future__ import annotations
@@ -24,14 +34,22 @@ PUBLISH = 1
 REMOVE = 2
 DELIVERED = 3
 PURGE = 4
+MERGED = 5
 
-RECORD_HEADER = struct.Struct(">II")
+MAGIC = b"\xc3LV2"
+_HEADER = struct.Struct(">4sII")
+HEADER_SIZE = _HEADER.size
+_LENGTH = struct.Struct(">I")
 _PUBLISH_FIXED = struct.Struct(">BQQ")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
-_COUNT = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 
 SEGMENT_SHIFT = 32
+OFFSET_MASK = (1 << SEGMENT_SHIFT) - 1
+
+QueueKey = tuple[str, str]
+"""(vhost, queue name)."""
 
 
 class CorruptRecord(Exception):
@@ -39,11 +57,9 @@ class CorruptRecord(Exception):
 
 
 def frame(body: bytes) -> bytes:
-    return RECORD_HEADER.pack(len(body), zlib.crc32(body)) + body
-
-
-QueueKey = tuple[str, str]
-"""(vhost, queue name)."""
+    """A whole record around ``body``."""
+    length = _LENGTH.pack(len(body))
+    return MAGIC + length + _U32.pack(zlib.crc32(body, zlib.crc32(length))) + body
 
 
 def _sstr(text: str) -> bytes:
@@ -51,8 +67,62 @@ def _sstr(text: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def _queue(key: QueueKey) -> bytes:
+def encode_queue(key: QueueKey) -> bytes:
     return _sstr(key[0]) + _sstr(key[1])
+
+
+def _queue_list(keys: list[QueueKey] | tuple[QueueKey, ...]) -> bytes:
+    return _U16.pack(len(keys)) + b"".join(encode_queue(q) for q in keys)
+
+
+_NO_QUEUES = _U16.pack(0)
+
+
+def publish(msg_id: int, published_ms: int, route_raw: bytes, header: bytes, body: bytes,
+            queues: list[QueueKey], delivered: list[QueueKey] | tuple = (),
+            moved: list[tuple[QueueKey, int]] | tuple = ()) -> bytes:
+    moved_part = _NO_QUEUES if not moved else _U16.pack(len(moved)) + b"".join(
+        encode_queue(q) + _U64.pack(i) for q, i in moved)
+    return frame(b"".join((
+        _PUBLISH_FIXED.pack(PUBLISH, msg_id, published_ms), route_raw,
+        _U32.pack(len(header)), header, _U32.pack(len(body)), body,
+        _queue_list(queues), _queue_list(delivered) if delivered else _NO_QUEUES, moved_part,
+    )))
+
+
+def id_list(kind: int, queue: QueueKey, ids: list[int]) -> bytes:
+    return frame(b"".join((bytes((kind,)), encode_queue(queue), _U32.pack(len(ids)),
+                           struct.pack(f">{len(ids)}Q", *ids))))
+
+
+def purge(queue: QueueKey) -> bytes:
+    return frame(bytes((PURGE,)) + encode_queue(queue))
+
+
+def merged(below: int) -> bytes:
+    return frame(bytes((MERGED,)) + _U32.pack(below))
+
+
+@dataclass(slots=True)
+class Published:
+    """A PUBLISH record, parsed."""
+
+    msg_id: int
+    published_ms: int
+    route_raw: bytes
+    header: bytes
+    body: bytes
+    queues: list[QueueKey]
+    delivered: list[QueueKey]
+    moved: list[tuple[QueueKey, int]]
+
+
+def _read_sstr(data: memoryview | bytes, at: int) -> tuple[str, int]:
+    size = data[at]
+    end = at + 1 + size
+    if end > len(data):
+        raise IndexError("shortstr past the end")
+    return bytes(data[at + 1 : end]).decode("utf-8"), end
 
 
 def _read_queue(data: bytes, at: int) -> tuple[QueueKey, int]:
@@ -61,37 +131,42 @@ def _read_queue(data: bytes, at: int) -> tuple[QueueKey, int]:
     return (vhost, name), at
 
 
-def publish(msg_id: int, published_ms: int, route_raw: bytes, header: bytes, body: bytes,
-            queues: list[QueueKey]) -> bytes:
-    return frame(b"".join((
-        _PUBLISH_FIXED.pack(PUBLISH, msg_id, published_ms), route_raw,
-        _U32.pack(len(header)), header, _U32.pack(len(body)), body,
-        _U16.pack(len(queues)), *(_queue(q) for q in queues),
-    )))
+def _read_queues(data: bytes, at: int) -> tuple[list[QueueKey], int]:
+    (count,) = _U16.unpack_from(data, at)
+    at += 2
+    queues = []
+    for _ in range(count):
+        key, at = _read_queue(data, at)
+        queues.append(key)
+    return queues, at
 
 
-def id_list(kind: int, queue: QueueKey, ids: list[int]) -> bytes:
-    return frame(b"".join((bytes((kind,)), _queue(queue), _COUNT.pack(len(ids)),
-                           struct.pack(f">{len(ids)}Q", *ids))))
+def _skip_payload(body: bytes) -> int:
+    """Offset of the queue list in a PUBLISH body (past route, header and message body)."""
+    at = _PUBLISH_FIXED.size
+    at += 1 + body[at]
+    at += 1 + body[at]
+    at += 4 + _U32.unpack_from(body, at)[0]
+    at += 4 + _U32.unpack_from(body, at)[0]
+    if at > len(body):
+        raise IndexError("payload past the end")
+    return at
 
 
-def purge(queue: QueueKey) -> bytes:
-    return frame(bytes((PURGE,)) + _queue(queue))
-
-
-@dataclass(slots=True)
-class Published:
-    msg_id: int
-    published_ms: int
-    route_raw: bytes
-    header: bytes
-    body: bytes
-    queues: list[QueueKey]
-
-
-def _read_sstr(data: memoryview | bytes, at: int) -> tuple[str, int]:
-    size = data[at]
-    return bytes(data[at + 1 : at + 1 + size]).decode("utf-8"), at + 1 + size
+def _read_tail(body: bytes, at: int) -> tuple[list[QueueKey], list[QueueKey],
+                                              list[tuple[QueueKey, int]]]:
+    queues, at = _read_queues(body, at)
+    delivered, at = _read_queues(body, at)
+    (count,) = _U16.unpack_from(body, at)
+    at += 2
+    moved = []
+    for _ in range(count):
+        key, at = _read_queue(body, at)
+        moved.append((key, _U64.unpack_from(body, at)[0]))
+        at += 8
+    if at != len(body):
+        raise CorruptRecord("trailing bytes in a publish record")
+    return queues, delivered, moved
 
 
 def parse_publish(body: bytes) -> Published:
@@ -108,40 +183,29 @@ def parse_publish(body: bytes) -> Published:
         (body_len,) = _U32.unpack_from(body, at)
         payload = body[at + 4 : at + 4 + body_len]
         at += 4 + body_len
-        (count,) = _U16.unpack_from(body, at)
-        at += 2
-        queues = []
-        for _ in range(count):
-            key, at = _read_queue(body, at)
-            queues.append(key)
+        queues, delivered, moved = _read_tail(body, at)
     except (struct.error, IndexError, UnicodeDecodeError) as error:
         raise CorruptRecord(f"bad publish record: {error}") from error
-    return Published(msg_id, published_ms, route_raw, header, payload, queues)
+    return Published(msg_id, published_ms, bytes(route_raw), bytes(header), bytes(payload),
+                     queues, delivered, moved)
 
 
-def parse_publish_queues(body: bytes) -> list[QueueKey]:
-    """Only the queues of a PUBLISH record (recovery reads no header or body)."""
+def parse_publish_meta(body: bytes) -> tuple[int, list[QueueKey], list[QueueKey],
+                                             list[tuple[QueueKey, int]]]:
+    """(msg_id, queues, delivered, moved) of a PUBLISH record, without copying its payload."""
     try:
-        at = _PUBLISH_FIXED.size
-        at += 1 + body[at]
-        at += 1 + body[at]
-        at += 4 + _U32.unpack_from(body, at)[0]
-        at += 4 + _U32.unpack_from(body, at)[0]
-        (count,) = _U16.unpack_from(body, at)
-        at += 2
-        queues = []
-        for _ in range(count):
-            key, at = _read_queue(body, at)
-            queues.append(key)
+        msg_id = _U64.unpack_from(body, 1)[0]
+        return (msg_id, *_read_tail(body, _skip_payload(body)))
     except (struct.error, IndexError, UnicodeDecodeError) as error:
         raise CorruptRecord(f"bad publish record: {error}") from error
-    return queues
 
 
 def parse_id_list(body: bytes) -> tuple[QueueKey, list[int]]:
     try:
         queue, at = _read_queue(body, 1)
-        (count,) = _COUNT.unpack_from(body, at)
+        (count,) = _U32.unpack_from(body, at)
+        if at + 4 + 8 * count != len(body):
+            raise CorruptRecord("id list of the wrong length")
         ids = list(struct.unpack_from(f">{count}Q", body, at + 4))
     except (struct.error, IndexError, UnicodeDecodeError) as error:
         raise CorruptRecord(f"bad id-list record: {error}") from error
@@ -150,25 +214,56 @@ def parse_id_list(body: bytes) -> tuple[QueueKey, list[int]]:
 
 def parse_purge(body: bytes) -> QueueKey:
     try:
-        return _read_queue(body, 1)[0]
+        queue, at = _read_queue(body, 1)
     except (IndexError, UnicodeDecodeError) as error:
         raise CorruptRecord(f"bad purge record: {error}") from error
+    if at != len(body):
+        raise CorruptRecord("trailing bytes in a purge record")
+    return queue
+
+
+def parse_merged(body: bytes) -> int:
+    if len(body) != 5:
+        raise CorruptRecord("bad merged record")
+    return _U32.unpack_from(body, 1)[0]
+
+
+def _valid_at(data: bytes, offset: int, size: int) -> int:
+    """End of a valid record at ``offset``, or -1."""
+    if offset + HEADER_SIZE > size:
+        return -1
+    magic, length, crc = _HEADER.unpack_from(data, offset)
+    end = offset + HEADER_SIZE + length
+    if magic != MAGIC or length == 0 or end > size:
+        return -1
+    start = offset + HEADER_SIZE
+    if zlib.crc32(data[start:end], zlib.crc32(data[offset + 4 : offset + 8])) != crc:
+        return -1
+    return end
 
 
 def scan(data: bytes) -> Iterator[tuple[int, bytes | None, int]]:
-    """Yield (offset, record body or None if corrupt, end offset) for each record in ``data``.
+    """Yield (offset, body, end) for each record of ``data`` in order.
 
-    A record whose length runs past the end is a torn tail: scanning stops before it.
-    A record whose CRC fails is yielded as None with its end, so the caller may skip it.
+    A damaged stretch (bad magic, length or CRC) is yielded once as (offset, None, end),
+    where ``end`` is the start of the next valid record, found by its magic and CRC; a
+    damaged stretch that runs to the end of ``data`` has ``end == len(data)``.
     """
     offset = 0
     size = len(data)
-    header = RECORD_HEADER.size
-    while offset + header <= size:
-        length, crc = RECORD_HEADER.unpack_from(data, offset)
-        end = offset + header + length
-        if length == 0 or end > size:
-            return
-        body = data[offset + header : end]
-        yield offset, (body if zlib.crc32(body) == crc else None), end
-        offset = end
+    while offset < size:
+        end = _valid_at(data, offset, size)
+        if end > 0:
+            yield offset, data[offset + HEADER_SIZE : end], end
+            offset = end
+            continue
+        candidate = offset
+        while True:
+            candidate = data.find(MAGIC, candidate + 1)
+            if candidate < 0:
+                yield offset, None, size
+                return
+            if _valid_at(data, candidate, size) > 0:
+                break
+        yield offset, None, candidate
+        offset = candidate

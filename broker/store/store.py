@@ -1,39 +1,51 @@
-"""MessageStore: the broker's durable state, with group commit and crash recovery.
+"""MessageStore: the broker's durable state, with group commit, tickets and recovery.
 
-Persistent messages routed to durable queues are appended to the log once (whatever the
-number of queues), their removals (ack, reject, expiry, drop) recorded per queue. Writes
-from one event-loop iteration are written and fsynced together (group commit), then the
-publisher confirms that waited on them go out. A message published and settled inside one
-batch is never written at all. Bodies of durable messages beyond a resident budget are
-dropped from memory once on disk and read back when delivered.
+The contract with the model (queues, exchanges, channels):
+
+- ``publish(message, queues)`` stores a persistent message once for the durable queues it
+  reached and returns its id; ``remove``/``delivered``/``purge`` record what happened to it
+  in a queue. The store counts each message's holders itself (``index``): the model keeps
+  nothing of the store's but the ids.
+- Every change is given a ticket (``issued``) when it is written into the current group
+  commit. At the end of the event-loop iteration (or of ``sync_interval``) the group commit
+  goes to the writer thread, which writes and fsyncs it and reports the highest ticket now
+  on disk (``durable``). A publisher confirm, a ``tx.commit-ok`` or a ``declare-ok`` waits
+  for the tickets its work produced, and for nothing else (``watch``, ``when_durable``).
+- ``define(change)`` appends a durable definition change (see ``definitions``) in the same
+  ticket order, so a message is never durable before the queue that holds it.
+
+Compaction (``compactor``) keeps disk use near the live data.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import fcntl
+import heapq
+import itertools
 import logging
-import mmap
 import os
 import time
-from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from broker.store import definitions, records
+from broker.store import definitions as defs
+from broker.store import records
+from broker.store.compactor import Compactor
+from broker.store.index import FileIndex, Index
 from broker.store.records import QueueKey
-from broker.store.segments import SegmentLog
+from broker.store.recovery import RecoveredQueue, recover
+from broker.store.segments import SEGMENT_LIMIT, SegmentReader, segment_path
+from broker.store.writer import Append, Job, Op, Replace, Seal, StoreIO, Unlink, Writer
 
 if TYPE_CHECKING:
     from broker.message import Message
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_TEXT = f"leveret-store {FORMAT_VERSION}\n"
 
 
@@ -41,20 +53,24 @@ class StoreError(Exception):
     """The data directory cannot be used (locked, wrong format version, unreadable)."""
 
 
-@dataclass
-class RecoveredQueue:
-    """What the log holds for one queue: live message ids in publish order."""
+class DurabilityWaiter(Protocol):
+    """Something that waits for tickets (a channel with publisher confirms pending)."""
 
-    ids: array[int] = field(default_factory=lambda: array("Q"))
-    delivered: set[int] = field(default_factory=set)  # ids handed out before the restart
-    removed: set[int] = field(default_factory=set)
+    def on_durable(self, durable: int) -> bool:
+        """Tickets up to ``durable`` are on disk; return True while still waiting."""
+
+    def on_store_failed(self, durable: int) -> None:
+        """Writes after ticket ``durable`` failed (they are retried later)."""
 
 
 @dataclass
 class Recovered:
-    definitions: dict[str, Any]
+    """What a data directory held at start-up."""
+
+    definitions: defs.DefinitionsState
+    definitions_problems: list[str]
     queues: dict[QueueKey, RecoveredQueue]
-    corrupt_records: int = 0
+    lost_records: int = 0
     truncated_bytes: int = 0
 
     @property
@@ -66,44 +82,73 @@ class MessageStore:
     """Durable definitions and persistent messages in a data directory."""
 
     def __init__(self, data_dir: Path, loop: asyncio.AbstractEventLoop, *, fsync: bool = True,
-                 sync_interval: float = 0.0, resident_budget: int = 64 * 1024 * 1024,
-                 segment_limit: int | None = None) -> None:
+                 sync_interval: float = 0.0, segment_limit: int = SEGMENT_LIMIT,
+                 io: StoreIO | None = None, audit: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self.segment_dir = self.data_dir / "segments"
         self.loop = loop
         self.fsync = fsync
         self.sync_interval = sync_interval
-        self.resident_budget = resident_budget
-        self._segment_limit = segment_limit
-        self.log: SegmentLog | None = None
-        self._lock_fd = -1
-        self._pending: dict[Message, list[QueueKey]] = {}  # published, not yet written
-        self._removes: dict[QueueKey, list[Message]] = {}
-        self._delivered: dict[QueueKey, list[Message]] = {}
-        self._removed_ids: dict[QueueKey, list[int]] = {}  # disk-only messages removed
-        self._purges: list[QueueKey] = []
-        self._sync_waiters: dict[Any, None] = {}  # channels: .publish_seq, .on_synced(seq)
-        self._sync_future: concurrent.futures.Future | None = None
-        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
-        self._sync_again = False
+        self.segment_limit = segment_limit
+        self.io = io or StoreIO()
+        self.index = Index()
+        self.reader = SegmentReader(self.segment_dir)
+        self.definitions = defs.DefinitionsState()
+        self.issued = 0  # tickets handed out
+        self.durable = 0  # tickets on disk
+        self.failed: str | None = None  # why writes are failing (they are retried)
+        self.closing = False
+        self.head = 1  # the segment being appended to
+        self._head_size = 0  # its size once everything handed out is written
+        self._parts: list[bytes] = []  # this group commit's bytes for the head segment
+        self._parts_base = 0
+        self._ops: list[Op] = []  # this group commit's other operations, in order
+        self._removes: dict[QueueKey, list[int]] = {}
+        self._delivered: dict[QueueKey, list[int]] = {}
+        self._def_parts: list[bytes] = []
+        self._def_generation = 0
+        self._def_log_size = 0
+        self._def_changes = 0
+        self._written = 0  # ids below this position are in a file (readable)
+        self._watchers: dict[DurabilityWaiter, None] = {}
+        self._callbacks: list[tuple[int, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._live: dict[int, int] = {}  # segment -> queue references still live
-        self._deps: dict[int, set[int]] = {}  # segment -> older segments its removals name
-        self.resident_bytes = 0
-        self.definitions_source: Callable[[], dict[str, Any]] | None = None
-        self._definitions_dirty = False
-        self.failed: str | None = None  # set when a write failed (e.g. disk full)
+        self._lock_fd = -1
+        self._last_failure_log = 0.0
+        self.writer: Writer | None = None
+        self.compactor = Compactor(self)
+        # audit (tests): ticket -> (segment path, end of its record); checked at confirm
+        self.audit: dict[int, tuple[Path, int]] | None = {} if audit else None
+        self.audit_checked = 0
+        self.audit_violations: list[str] = []
+        self._synced_sizes: dict[Path, int] = {}
 
     # -- opening and recovery -------------------------------------------------------------
     def open(self) -> Recovered:
-        """Lock the directory, check its format, and read back what it holds."""
+        """Lock the directory, check its format, read back what it holds, start writing."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         self._check_format()
-        self.log = SegmentLog(self.data_dir / "segments", **(
-            {"segment_limit": self._segment_limit} if self._segment_limit else {}))
-        recovered = self._recover()
-        self.log.open_for_append()
-        return recovered
+        loaded = defs.load(self.data_dir)
+        self.definitions = loaded.state
+        self._def_generation = loaded.generation
+        self._def_log_size = loaded.log_size
+        self._def_changes = loaded.changes
+        recovered = recover(self.segment_dir)
+        self.index = recovered.index
+        if self.index.files:
+            self.head = max(self.index.files)
+            self._head_size = self.index.files[self.head].size
+        else:
+            self.index.files[self.head] = FileIndex(self.head)
+        self._parts_base = self._head_size
+        self._written = (self.head << records.SEGMENT_SHIFT) | self._head_size
+        self.writer = Writer(self.io, fsync=self.fsync, on_done=self._done_from_thread,
+                             on_failed=self._failed_from_thread)
+        self.writer.start()
+        return Recovered(self.definitions, loaded.problems, recovered.queues,
+                         recovered.lost_records, recovered.truncated_bytes)
 
     def _lock(self) -> None:
         path = self.data_dir / "LOCK"
@@ -135,173 +180,119 @@ class MessageStore:
         if text != FORMAT_TEXT:
             raise StoreError(
                 f"data directory {self.data_dir} holds store format {text.strip()!r}; this "
-                f"Leveret reads {FORMAT_TEXT.strip()!r} only. Move it away or use an "
-                "older Leveret to drain it"
+                f"Leveret reads {FORMAT_TEXT.strip()!r} only. Move it away, or drain it with "
+                "the Leveret that wrote it (e.g. shovel its queues to this broker)"
             )
 
-    def _recover(self) -> Recovered:
-        assert self.log is not None
-        started = time.monotonic()
-        result = Recovered(definitions.read(self.data_dir / "definitions.json"), {})
-        queues = result.queues
-        for number in list(self.log.numbers):
-            path = self.log.directory / f"{number:08d}.log"
-            data = _map(path)
-            good_end = 0
-            for offset, body, end in records.scan(data):
-                good_end = end
-                if body is None:
-                    result.corrupt_records += 1
-                    log.warning("skipping a corrupt record at %s:%d", path.name, offset)
-                    continue
-                try:
-                    self._replay((number << records.SEGMENT_SHIFT) | offset, body, queues)
-                    if body[0] in (records.REMOVE, records.PURGE):
-                        self._note_dependencies(number, body)
-                except records.CorruptRecord as error:
-                    result.corrupt_records += 1
-                    log.warning("skipping an unreadable record at %s:%d: %s",
-                                path.name, offset, error)
-            if isinstance(data, mmap.mmap):
-                data.close()
-            if good_end < path.stat().st_size:
-                cut = path.stat().st_size - good_end
-                result.truncated_bytes += cut
-                log.warning("cutting off a torn tail of %d bytes in %s (a crash mid-write)",
-                            cut, path.name)
-                self.log.truncate(number, good_end)
-        for recovered in queues.values():
-            if recovered.removed:
-                removed = recovered.removed
-                recovered.ids = array("Q", (i for i in recovered.ids if i not in removed))
-                recovered.removed = set()
-            for msg_id in recovered.ids:
-                segment = msg_id >> records.SEGMENT_SHIFT
-                self._live[segment] = self._live.get(segment, 0) + 1
-        log.info("recovered %d messages in %d queue(s) from %d segment(s) in %.2fs",
-                 result.message_count, sum(1 for q in queues.values() if q.ids),
-                 len(self.log.numbers), time.monotonic() - started)
-        return result
-
-    def _note_dependencies(self, number: int, body: bytes) -> None:
-        deps = self._deps.setdefault(number, set())
-        if body[0] == records.PURGE:
-            deps.update(n for n in self.log.numbers if n < number)  # type: ignore[union-attr]
-        else:
-            deps.update(i >> records.SEGMENT_SHIFT for i in records.parse_id_list(body)[1])
-        deps.discard(number)
-
-    @staticmethod
-    def _replay(msg_id: int, body: bytes, queues: dict[QueueKey, RecoveredQueue]) -> None:
-        kind = body[0]
-        if kind == records.PUBLISH:
-            for key in records.parse_publish_queues(body):
-                found = queues.get(key)
-                if found is None:
-                    queues[key] = found = RecoveredQueue()
-                found.ids.append(msg_id)
-        elif kind == records.REMOVE:
-            key, ids = records.parse_id_list(body)
-            if key in queues:
-                queues[key].removed.update(ids)
-        elif kind == records.DELIVERED:
-            key, ids = records.parse_id_list(body)
-            if key in queues:
-                queues[key].delivered.update(ids)
-        elif kind == records.PURGE:
-            queues.pop(records.parse_purge(body), None)
-        else:
-            raise records.CorruptRecord(f"unknown record type {kind}")
-
-    # -- definitions ----------------------------------------------------------------------
-    def definitions_changed(self) -> None:
-        """Durable definitions changed: rewrite the file in this loop iteration's flush."""
-        self._definitions_dirty = True
-        self._schedule()
-
-    def _write_definitions(self) -> None:
-        self._definitions_dirty = False
-        if self.definitions_source is not None:
-            definitions.write_atomically(self.data_dir / "definitions.json",
-                                         self.definitions_source())
-
     # -- messages -------------------------------------------------------------------------
-    def publish(self, message: Message, queues: list[QueueKey]) -> None:
-        """Store a persistent message for these durable queues (written at the next flush)."""
-        message.refs = len(queues)
-        self._pending[message] = list(queues)
-        self.resident_bytes += len(message.body) + len(message.header)
+    def publish(self, message: Message, queues: list[QueueKey],
+                moved: list[tuple[QueueKey, int]] | tuple = ()) -> int:
+        """Store a persistent message for these durable queues; returns its id.
+
+        ``moved`` names stored copies it replaces (queue, id): they are released in the
+        same record, so a crash keeps either the old copies or the new one.
+        """
+        if self._head_size >= self.segment_limit:
+            self._roll()
+        offset = self._head_size
+        msg_id = (self.head << records.SEGMENT_SHIFT) | offset
+        record = records.publish(msg_id, int(time.time() * 1000), message.route_raw,
+                                 message.header, message.body, queues, (), moved)
+        self._parts.append(record)
+        self._head_size = offset + len(record)
+        self.issued = ticket = self.issued + 1
+        self.index.files[self.head].add(msg_id, offset, len(record), len(queues))
+        for queue, old_id in moved:
+            self.index.release(old_id, queue, ticket)
+        if self.audit is not None:
+            self.audit[ticket] = (segment_path(self.segment_dir, self.head), self._head_size)
         self._schedule()
+        return msg_id
 
-    def remove(self, queue: QueueKey, message: Message) -> None:
-        """``message`` left durable ``queue`` for good (ack, reject, expiry, drop...)."""
-        pending = self._pending.get(message)
-        if pending is not None:
-            if queue not in pending:
-                return  # the queue was purged away meanwhile
-            pending.remove(queue)
-            if not pending:
-                del self._pending[message]
-        elif message.msg_id is not None:
-            self._removes.setdefault(queue, []).append(message)
-            self._live[message.msg_id >> records.SEGMENT_SHIFT] -= 1
-            self._schedule()
-        message.refs -= 1
-        if message.refs == 0 and message.body is not None:
-            self.resident_bytes -= len(message.body) + len(message.header or b"")
-
-    def delivered(self, queue: QueueKey, message: Message) -> None:
-        """``message`` was handed to an acknowledging consumer (for redelivered at restart)."""
-        self._delivered.setdefault(queue, []).append(message)
-        self._schedule()
-
-    def remove_all(self, queue: QueueKey, messages: list[Message], spilled: list[int]) -> None:
-        """Many messages left ``queue`` at once (queue.purge): in memory and disk-only ones."""
-        for message in messages:
-            if message.refs:
-                self.remove(queue, message)
-        if spilled:
-            self._removed_ids.setdefault(queue, []).extend(spilled)
-            for msg_id in spilled:
-                self._live[msg_id >> records.SEGMENT_SHIFT] -= 1
+    def remove(self, queue: QueueKey, msg_id: int) -> None:
+        """``queue`` let the message go for good (ack, reject, expiry, drop...)."""
+        if self.index.release(msg_id, queue, self.issued + 1):
+            self.issued += 1
+            found = self._removes.get(queue)
+            if found is None:
+                self._removes[queue] = [msg_id]
+            else:
+                found.append(msg_id)
             self._schedule()
 
-    def purge(self, queue: QueueKey, messages: list[Message], spilled: list[int]) -> None:
-        """The queue was deleted: everything it held so far is gone, unacked included."""
-        for message in messages:
-            if message.refs and message.msg_id is not None and message not in self._pending:
-                self._live[message.msg_id >> records.SEGMENT_SHIFT] -= 1
-                message.refs -= 1
-        for message, queues in list(self._pending.items()):
-            if queue in queues:
-                queues.remove(queue)
-                message.refs -= 1
-                if not queues:
-                    del self._pending[message]
-        for msg_id in spilled:
-            self._live[msg_id >> records.SEGMENT_SHIFT] -= 1
-        self._removes.pop(queue, None)
-        self._removed_ids.pop(queue, None)
-        self._delivered.pop(queue, None)
-        self._purges.append(queue)
+    def delivered(self, queue: QueueKey, msg_id: int) -> None:
+        """The message was handed to an acknowledging consumer (redelivered after a restart)."""
+        self.index.delivered.setdefault(msg_id, set()).add(queue)
+        self.issued += 1
+        self._delivered.setdefault(queue, []).append(msg_id)
+        self._schedule()
+
+    def purge(self, queue: QueueKey, ids: list[int]) -> None:
+        """The queue was deleted: it lets go of ``ids`` (all it held) and of its name."""
+        self._encode_id_lists()
+        ticket = self.issued = self.issued + 1
+        for msg_id in ids:
+            self.index.release(msg_id, queue, ticket)
+        if self._head_size >= self.segment_limit:
+            self._roll()
+        record = records.purge(queue)
+        self._parts.append(record)
+        self._head_size += len(record)
         self._schedule()
 
     def read(self, msg_id: int) -> records.Published:
-        """The stored message with this id, read from its segment."""
-        assert self.log is not None
-        return records.parse_publish(self.log.read(msg_id))
+        """The stored message with this id, read from its file."""
+        location = self.index.offset_of(msg_id)
+        if location is None:
+            raise records.CorruptRecord(f"message {msg_id:#x} is not in the store")
+        return records.parse_publish(self.reader.read(*location))
 
-    def load(self, message: Message) -> None:
-        """Read back a message whose header and body were dropped from memory."""
-        assert self.log is not None and message.msg_id is not None
-        published = records.parse_publish(self.log.read(message.msg_id))
-        message.body = published.body
-        self.resident_bytes += len(published.body) + len(published.header)
+    def size_of(self, msg_id: int) -> int:
+        """The size of a message's record (an estimate of its body's size)."""
+        located = self.index.locate(msg_id)
+        return located[0].sizes[located[1]] if located is not None else 0
 
-    def when_synced(self, waiter: Any) -> None:
-        """Call ``waiter.on_synced(seq)`` once what it published up to ``seq`` is on disk."""
-        self._sync_waiters[waiter] = None
+    def is_written(self, msg_id: int) -> bool:
+        """Whether the message's record is in its file (so it can be read back)."""
+        return msg_id < self._written
+
+    # -- definitions ----------------------------------------------------------------------
+    def define(self, change: dict[str, Any]) -> int:
+        """Append a durable definition change; returns its ticket."""
+        self.definitions.apply(change)
+        self._def_parts.append(defs.encode_change(change))
+        self._def_changes += 1
+        self.issued += 1
         self._schedule()
+        return self.issued
+
+    # -- waiting for durability -----------------------------------------------------------
+    def watch(self, waiter: DurabilityWaiter) -> None:
+        """Call ``waiter.on_durable`` after each durable step until it returns False."""
+        self._watchers[waiter] = None
+
+    def unwatch(self, waiter: DurabilityWaiter) -> None:
+        self._watchers.pop(waiter, None)
+
+    def when_durable(self, ticket: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once ticket ``ticket`` is on disk (at once if it is)."""
+        if ticket <= self.durable:
+            callback()
+            return
+        heapq.heappush(self._callbacks, (ticket, next(self._counter), callback))
+
+    def audit_confirm(self, ticket: int) -> None:
+        """Check that a confirmed publish's record lies within what was fsynced."""
+        assert self.audit is not None
+        found = self.audit.pop(ticket, None)
+        if found is None:
+            return
+        self.audit_checked += 1
+        path, end = found
+        synced = self._synced_sizes.get(path, 0)
+        if synced < end:
+            self.audit_violations.append(f"ticket {ticket}: {path.name} synced to {synced}, "
+                                         f"record ends at {end}")
 
     # -- group commit ---------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -311,174 +302,144 @@ class MessageStore:
             else:
                 self._flush_handle = self.loop.call_soon(self.flush)
 
+    def _roll(self) -> None:
+        """Start a new segment: this group commit's bytes so far go to the old one."""
+        old = segment_path(self.segment_dir, self.head)
+        if self._parts:
+            self._ops.append(Append(old, self._parts_base, b"".join(self._parts)))
+            self._parts = []
+        self._ops.append(Seal(old))
+        self.index.files[self.head].size = self._head_size
+        self.head += 1
+        self._head_size = self._parts_base = 0
+        self.index.files[self.head] = FileIndex(self.head)
+
+    def _encode_id_lists(self) -> None:
+        for kind, lists in ((records.REMOVE, self._removes), (records.DELIVERED, self._delivered)):
+            for queue, ids in lists.items():
+                record = records.id_list(kind, queue, ids)
+                self._parts.append(record)
+                self._head_size += len(record)
+            lists.clear()
+
     def flush(self) -> None:
-        """Write what this iteration produced, fsync once, then release the waiters."""
+        """Hand this group commit to the writer thread."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if self._definitions_dirty:
-            self._write_definitions()
-        assert self.log is not None
-        written: list[Message] = []
-        parts: list[bytes] = []
-        if (self._pending or self._removes or self._delivered or self._purges
-                or self._removed_ids):
-            self.log.roll_if_full()
-            position = self.log.position()
-            parts = [records.purge(queue) for queue in self._purges]
-            position += sum(len(p) for p in parts)
-            now_ms = int(time.time() * 1000)
-            segment = position >> records.SEGMENT_SHIFT
-            for message, queues in self._pending.items():
-                message.msg_id = position
-                record = records.publish(position, now_ms, message.route_raw, message.header,
-                                         message.body, queues)
-                parts.append(record)
-                position += len(record)
-                self._live[segment] = self._live.get(segment, 0) + len(queues)
-                written.append(message)
-            deps = self._deps.setdefault(segment, set())
-            if self._purges:  # a purge speaks of every older segment
-                deps.update(n for n in self.log.numbers if n != segment)
-            for kind, lists in ((records.REMOVE, self._removes),
-                                (records.DELIVERED, self._delivered)):
-                for queue, messages in lists.items():
-                    ids = [m.msg_id for m in messages if m.msg_id is not None]
-                    if kind == records.REMOVE:
-                        ids += self._removed_ids.pop(queue, [])
-                        deps.update(i >> records.SEGMENT_SHIFT for i in ids)
-                    if ids:
-                        parts.append(records.id_list(kind, queue, ids))
-            for queue, ids in self._removed_ids.items():
-                deps.update(i >> records.SEGMENT_SHIFT for i in ids)
-                parts.append(records.id_list(records.REMOVE, queue, ids))
-            self._removed_ids.clear()
-            deps.discard(segment)
-            self._pending.clear()
-            self._removes.clear()
-            self._delivered.clear()
-            self._purges.clear()
+        if self.writer is None:
+            return
+        self._encode_id_lists()
+        ops = self._ops
+        self._ops = []
+        if self._parts:
+            ops.append(Append(segment_path(self.segment_dir, self.head), self._parts_base,
+                              b"".join(self._parts)))
+            self._parts = []
+            self._parts_base = self._head_size
+        self.index.files[self.head].size = self._head_size
+        if self._def_parts:
+            data = b"".join(self._def_parts)
+            self._def_parts = []
+            ops.append(Append(defs.log_path(self.data_dir, self._def_generation),
+                              self._def_log_size, data))
+            self._def_log_size += len(data)
+            if self._def_changes > max(defs.MIN_SNAPSHOT_CHANGES, 2 * len(self.definitions)):
+                ops += self._snapshot_definitions()
+        if ops:
+            self.writer.submit(Job(self.issued, ops))
+        if self.failed:
+            for waiter in list(self._watchers):
+                waiter.on_store_failed(self.durable)
+
+    def _snapshot_definitions(self) -> list[Op]:
+        """Start a new definitions generation from a snapshot; drop the one before last."""
+        old = self._def_generation
+        self._def_generation = new = old + 1
+        self._def_log_size = 0
+        self._def_changes = 0
+        ops: list[Op] = [Replace(defs.snapshot_path(self.data_dir, new),
+                                 defs.encode_snapshot(new, self.definitions))]
+        for gone in range(max(old - 1, 0), old):
+            ops += [Unlink(defs.snapshot_path(self.data_dir, gone)),
+                    Unlink(defs.log_path(self.data_dir, gone))]
+        return ops
+
+    # -- the writer's reports (on the event loop) -----------------------------------------
+    def _done_from_thread(self, ticket: int, sizes: dict[Path, int]) -> None:
+        self.loop.call_soon_threadsafe(self._done, ticket, sizes)
+
+    def _failed_from_thread(self, durable: int, error: OSError) -> None:
+        self.loop.call_soon_threadsafe(self._write_failed, durable, error)
+
+    def _done(self, ticket: int, sizes: dict[Path, int]) -> None:
+        if ticket > self.durable:
+            self.durable = ticket
+        self._synced_sizes = sizes
+        written = max((self._segment_position(path, size) for path, size in sizes.items()
+                       if path.parent == self.segment_dir), default=0)
+        self._written = max(self._written, written)
+        if self.failed is not None and self.writer is not None and not self.writer.failed:
+            log.warning("message store writes succeed again")
+            self.failed = None
+        for waiter in list(self._watchers):
+            if not waiter.on_durable(self.durable):
+                self._watchers.pop(waiter, None)
+        callbacks = self._callbacks
+        while callbacks and callbacks[0][0] <= self.durable:
+            _ticket, _n, callback = heapq.heappop(callbacks)
+            try:
+                callback()
+            except Exception:
+                log.exception("error in a durability callback")
+        self.compactor.check()
+
+    @staticmethod
+    def _segment_position(path: Path, size: int) -> int:
         try:
-            if parts:
-                self.log.append(b"".join(parts))
-        except OSError as error:
-            self._write_failed(error, written)
-            return
-        if not self.fsync:
-            self._release_waiters(self._snapshot_waiters())
-        elif self._sync_waiters or parts:
-            self._start_sync()
-        if self.resident_bytes > self.resident_budget:
-            self._evict(written)
-        if self._sync_future is None:
-            self.log.close_retired()
-            self._drop_dead_segments()
+            return (int(path.stem) << records.SEGMENT_SHIFT) | size
+        except ValueError:
+            return 0
 
-    # -- fsync off the event loop -----------------------------------------------------------
-    def _snapshot_waiters(self) -> dict[Any, int]:
-        """Each waiter with what it has published so far: what the next fsync will cover."""
-        waiters, self._sync_waiters = self._sync_waiters, {}
-        return {waiter: waiter.publish_seq for waiter in waiters}
-
-    def _release_waiters(self, covered: dict[Any, int]) -> None:
-        for waiter, seq in covered.items():
-            waiter.on_synced(seq)
-
-    def _start_sync(self) -> None:
-        """fsync in a worker thread (the loop goes on); one at a time, the next one queued."""
-        if self._sync_future is not None:
-            self._sync_again = True
-            return
-        assert self.log is not None
-        covered = self._snapshot_waiters()
-        self._sync_future = self._syncer.submit(self.log.sync)
-        asyncio.wrap_future(self._sync_future, loop=self.loop).add_done_callback(
-            lambda future: self._sync_done(future, covered)
-        )
-
-    def _sync_done(self, future: asyncio.Future, covered: dict[Any, int]) -> None:
-        self._sync_future = None
-        error = future.exception()
-        if error is not None:
-            self.failed = f"fsync failed: {error}"
-            log.error("message store fsync failed (%s); the publishes it covered are nacked",
-                      error)
-            for waiter in covered:
-                waiter.on_sync_failed()
-        else:
-            self._release_waiters(covered)
-        if self._sync_again or self._sync_waiters:
-            self._sync_again = False
-            self._start_sync()
-        elif self.log is not None:
-            self.log.close_retired()
-            self._drop_dead_segments()
-
-    def _write_failed(self, error: OSError, written: list[Message]) -> None:
+    def _write_failed(self, durable: int, error: OSError) -> None:
+        if durable > self.durable:
+            self._done(durable, self._synced_sizes)
         self.failed = f"{type(error).__name__}: {error}"
-        log.error("message store write failed (%s); publishers are blocked and the "
-                  "unwritten publishes are not confirmed", self.failed)
-        for message in written:
-            message.msg_id = None
-        waiters, self._sync_waiters = self._sync_waiters, {}
-        for waiter in waiters:
-            waiter.on_sync_failed()
+        now = time.monotonic()
+        if now - self._last_failure_log > 10:
+            self._last_failure_log = now
+            log.error("message store write failed (%s); publishers are blocked, the "
+                      "publishes waiting for it are nacked, and the writes are retried",
+                      self.failed)
+        for waiter in list(self._watchers):
+            waiter.on_store_failed(self.durable)
 
-    def _evict(self, written: list[Message]) -> None:
-        """Drop bodies of just-written messages from memory while over the budget."""
-        for message in reversed(written):
-            if self.resident_bytes <= self.resident_budget:
-                return
-            if message.refs > 0 and message.body is not None:
-                self.resident_bytes -= len(message.body) + len(message.header)
-                message.body = None  # the header stays: routing and policies read it
+    def retry(self) -> None:
+        """Try the failed writes again (the resource check calls this while failed)."""
+        if self.writer is not None and self.failed:
+            self.writer.retry()
 
-    def _drop_dead_segments(self) -> None:
-        """Delete segment files that no longer hold anything a restart would need.
+    def compaction_failed(self) -> None:
+        """A compaction job failed (it is tried again after the next durable step)."""
 
-        A segment can go once it has no live message and every older segment its REMOVE or
-        PURGE records speak of is gone already (else those removals would be forgotten and
-        the older messages come back). So one long-lived message pins only its own segment
-        and the few that settle messages in it, not the whole log after it.
-        """
-        assert self.log is not None
-        numbers = self.log.numbers
-        current = self.log.current
-        changed = True
-        while changed:
-            changed = False
-            present = set(numbers)
-            for number in list(numbers):
-                if number == current or self._live.get(number):
-                    continue
-                if any(dep in present for dep in self._deps.get(number, ())):
-                    continue
-                self._live.pop(number, None)
-                self._deps.pop(number, None)
-                self.log.delete(number)
-                present.discard(number)
-                changed = True
-                log.debug("deleted fully acknowledged segment %d", number)
+    def forget_file(self, number: int) -> None:
+        """A dead segment file is about to be deleted: drop it from the index."""
+        self.index.files.pop(number, None)
+        self.reader.forget(number)
 
+    # -- closing --------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush everything and release the directory."""
-        if self.log is not None:
+        """Write and fsync everything, then release the directory."""
+        if self.writer is not None:
             self.flush()
-            if self._sync_future is not None:
-                with contextlib.suppress(OSError):
-                    self._sync_future.result()  # the worker's fsync ends before its file
-            self._syncer.shutdown(wait=True)
-            self.log.close()
-            self.log = None
+            self.closing = True
+            if not self.writer.close():
+                log.error("message store: some changes could not be written before shutdown "
+                          "(%s)", self.failed or "writer did not finish")
+            self.writer = None
+            self.compactor.close()
+            self.reader.close()
         if self._lock_fd >= 0:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def _map(path: Path) -> mmap.mmap | bytes:
-    """A segment's bytes without reading it all into memory (page cache only)."""
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)

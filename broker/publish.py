@@ -1,0 +1,89 @@
+"""The one path by which a message enters queues, whoever produces it.
+
+A channel's basic.publish, a transaction's commit, a delayed message coming due, a
+dead-lettered copy: each routes through ``publish`` (or, when it chose its queues itself,
+``deliver``), which stores a persistent message once for the durable queues it reached,
+then enqueues it everywhere. The outcome carries the store ticket that makes all of it
+durable (nested work included, e.g. a copy dead-lettered during its own publish), so a
+confirm or a commit-ok waits for exactly that.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from broker.message import sender_selected
+from protocol import fastpath
+
+if TYPE_CHECKING:
+    from broker.exchange import Exchange
+    from broker.message import Message
+    from broker.queue import Queue
+    from broker.store.records import QueueKey
+    from broker.vhost import VirtualHost
+
+Moved = list[tuple["QueueKey", int]] | tuple
+"""Stored copies (queue, id) a message replaces: released as it is stored or enqueued."""
+
+
+class Outcome(NamedTuple):
+    """What became of a publish."""
+
+    routed: bool  # reached a queue (or was held by a delayed exchange)
+    refused: bool  # some queue refused it (x-overflow reject-publish): nack it
+    ticket: int  # the store ticket covering it (0: nothing written)
+
+
+def publish(vhost: VirtualHost, exchange: Exchange, message: Message, *,
+            routing_key: str | None = None, moved: Moved = (), hold: bool = True) -> Outcome:
+    """Route ``message`` from ``exchange`` and deliver it to every queue it reaches.
+
+    CC/BCC headers add routing keys (a bad one is a 406 here, before anything happens); a
+    delayed-message exchange holds a message with an ``x-delay`` unless ``hold`` is false.
+    """
+    store = vhost.store
+    mark = store.issued if store is not None else 0
+    selected = message
+    extra_keys = None
+    if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
+        selected, extra_keys = sender_selected(message)
+    if hold and exchange.delayed and vhost.delayed.hold(exchange, message, moved):
+        routed, refused = True, False  # held with its CC/BCC headers, routed by them when due
+    else:
+        queues = vhost.route(exchange, selected, extra_keys, routing_key)
+        routed = bool(queues)
+        refused = deliver(vhost, queues, selected, moved) if queues else release(vhost, moved)
+    ticket = store.issued if store is not None and store.issued != mark else 0
+    return Outcome(routed, refused, ticket)
+
+
+def deliver(vhost: VirtualHost, queues: list[Queue], message: Message,
+            moved: Moved = ()) -> bool:
+    """Store ``message`` for the durable queues among ``queues`` (once), then enqueue it in
+    each. Returns True when some queue refused it."""
+    store = vhost.store
+    if len(queues) == 1 and not moved and (store is None or not message.persistent):
+        return not queues[0].enqueue(message)  # the common case: one queue, in memory
+    msg_id = None
+    if store is not None and message.persistent:
+        durable = [queue.store_key for queue in queues if queue.persists]
+        if durable:
+            # Stored before it is enqueued, so that a consumer taking it at once settles
+            # a stored copy; the copies it replaces are released in the same record.
+            msg_id = store.publish(message, durable, moved)
+            moved = ()
+    release(vhost, moved)
+    refused = False
+    for queue in queues:
+        if not queue.enqueue(message, msg_id if queue.persists else None):
+            refused = True
+    return refused
+
+
+def release(vhost: VirtualHost, moved: Moved) -> bool:
+    """Release stored copies that nothing replaces (their message went nowhere durable)."""
+    store = vhost.store
+    if store is not None:
+        for queue_key, msg_id in moved:
+            store.remove(queue_key, msg_id)
+    return False
