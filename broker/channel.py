@@ -18,8 +18,8 @@ from pamqp.header import ContentHeader
 
 from broker import direct_reply
 from broker.handlers import HANDLERS
-from broker.message import Entry, Message, header_shape, parse_expiration, sender_selected
-from broker.publish import publish
+from broker.message import Entry, Message, header_shape, parse_expiration
+from broker.publish import Routed, complete, route
 from broker.queue import quorum_header
 from protocol import constants as c
 from protocol import errors, fastpath
@@ -99,7 +99,7 @@ class Channel:
         self._pending: deque[tuple[int, int]] = deque()  # (seq, store ticket) not yet durable
         self._ahead: list[int] = []  # publishes answerable while earlier ones wait
         self.tx_mode = False
-        self.tx_publishes: list[tuple[Exchange, Message, bool, str]] = []
+        self.tx_publishes: list[tuple[Exchange, Routed, bool]] = []
         # a transaction's settlements, out of ``unacked`` already: ([(tag, delivery)], requeue)
         self.tx_settlements: list[tuple[list[tuple[int, Delivery]], bool | None]] = []
         # frames that arrived while the channel waits for the store (see ``park``)
@@ -295,20 +295,18 @@ class Channel:
         message = Message(publish.route_raw, header, body, *(shape or ()))
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
-        if self.tx_mode:
-            if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
-                sender_selected(message)  # a bad CC/BCC: 406 at publish, as RabbitMQ
-            self.tx_publishes.append((exchange, message, publish.mandatory, publish.routing_key))
+        routed = route(self.vhost, exchange, message, routing_key=publish.routing_key)
+        if self.tx_mode:  # routed now, delivered at commit (as RabbitMQ does)
+            self.tx_publishes.append((exchange, routed, publish.mandatory))
             return
-        self.route(exchange, message, publish.mandatory, publish.routing_key)
+        self.complete(exchange, routed, publish.mandatory)
 
-    def route(self, exchange: Exchange, message: Message, mandatory: bool,
-              routing_key: str | None = None) -> None:
-        """Publish a complete message; return it if mandatory and unroutable; confirm it
-        once everything it caused is durable."""
-        outcome = publish(self.vhost, exchange, message, routing_key=routing_key)
+    def complete(self, exchange: Exchange, routed: Routed, mandatory: bool) -> None:
+        """Deliver a routed publish; return it if mandatory and unroutable; confirm it once
+        everything it caused is durable."""
+        outcome = complete(self.vhost, exchange, routed)
         if not outcome.routed and mandatory:
-            self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
+            self.send_return(c.NO_ROUTE, "NO_ROUTE", routed.message)
         if self.confirm_mode:
             seq = self.publish_seq = self.publish_seq + 1
             if outcome.refused:
@@ -642,8 +640,8 @@ class Channel:
         """tx.commit: deliver the transaction's publishes, then apply its settlements."""
         publishes, self.tx_publishes = self.tx_publishes, []
         settlements, self.tx_settlements = self.tx_settlements, []
-        for exchange, message, mandatory, routing_key in publishes:
-            self.route(exchange, message, mandatory, routing_key)
+        for exchange, routed, mandatory in publishes:
+            self.complete(exchange, routed, mandatory)
         for settled, requeue in settlements:
             self._settle([delivery for _tag, delivery in settled], requeue)
 

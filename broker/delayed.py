@@ -69,6 +69,11 @@ class DelayedMessages:
     def _loop(self) -> asyncio.AbstractEventLoop:
         return self._vhost.dispatcher.loop
 
+    @staticmethod
+    def would_hold(message: Message) -> bool:
+        """Whether a delayed-message exchange holds ``message`` (it has a positive x-delay)."""
+        return delay_of(message) > 0
+
     def hold(self, exchange: Exchange, message: Message, moved: Moved = ()) -> bool:
         """Keep ``message`` until its x-delay has passed; False when it has no delay.
 

@@ -11,7 +11,10 @@ consumer as a delivery one loop iteration sooner).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Dispatchable(Protocol):
@@ -48,7 +51,10 @@ class Dispatcher:
         while self._writers:
             writers, self._writers = self._writers, {}
             for writer in writers:
-                writer.flush()
+                try:
+                    writer.flush()
+                except Exception:
+                    log.exception("writing to %r failed", writer)
 
     def mark(self, queue: Dispatchable) -> None:
         """Ask for ``queue`` to be dispatched in the next loop iteration."""
@@ -62,7 +68,12 @@ class Dispatcher:
         pending, self._pending = self._pending, {}
         batch = self._batch
         for queue in pending:
-            if queue.dispatch(batch):
+            try:
+                more = queue.dispatch(batch)
+            except Exception:  # a bug in one queue must not stop the others' deliveries
+                log.exception("dispatch failed for %r; retrying it", queue)
+                more = True
+            if more:
                 self.mark(queue)
         if self._writers:
             self.flush()

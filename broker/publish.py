@@ -26,6 +26,14 @@ Moved = list[tuple["QueueKey", int]] | tuple
 """Stored copies (queue, id) a message replaces: released as it is stored or enqueued."""
 
 
+class Routed(NamedTuple):
+    """Where a publish goes, decided when it is published."""
+
+    message: Message  # as it will be enqueued (a BCC header removed)
+    queues: list[Queue]
+    held: bool  # a delayed-message exchange holds it instead
+
+
 class Outcome(NamedTuple):
     """What became of a publish."""
 
@@ -34,27 +42,45 @@ class Outcome(NamedTuple):
     ticket: int  # the store ticket covering it (0: nothing written)
 
 
-def publish(vhost: VirtualHost, exchange: Exchange, message: Message, *,
-            routing_key: str | None = None, moved: Moved = (), hold: bool = True) -> Outcome:
-    """Route ``message`` from ``exchange`` and deliver it to every queue it reaches.
+def route(vhost: VirtualHost, exchange: Exchange, message: Message, *,
+          routing_key: str | None = None, hold: bool = True) -> Routed:
+    """The queues ``message`` reaches from ``exchange`` now.
 
     CC/BCC headers add routing keys (a bad one is a 406 here, before anything happens); a
     delayed-message exchange holds a message with an ``x-delay`` unless ``hold`` is false.
     """
-    store = vhost.store
-    mark = store.issued if store is not None else 0
     selected = message
     extra_keys = None
     if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
         selected, extra_keys = sender_selected(message)
-    if hold and exchange.delayed and vhost.delayed.hold(exchange, message, moved):
-        routed, refused = True, False  # held with its CC/BCC headers, routed by them when due
+    if hold and exchange.delayed and vhost.delayed.would_hold(message):
+        return Routed(message, [], True)  # held with its CC/BCC headers, routed when due
+    return Routed(selected, vhost.route(exchange, selected, extra_keys, routing_key), False)
+
+
+def publish(vhost: VirtualHost, exchange: Exchange, message: Message, *,
+            routing_key: str | None = None, moved: Moved = (), hold: bool = True) -> Outcome:
+    """Route ``message`` from ``exchange`` and deliver it to every queue it reaches."""
+    return complete(vhost, exchange,
+                    route(vhost, exchange, message, routing_key=routing_key, hold=hold), moved)
+
+
+def complete(vhost: VirtualHost, exchange: Exchange, routed: Routed,
+             moved: Moved = ()) -> Outcome:
+    """Deliver a routed publish (at once, or at tx.commit: queues deleted since are
+    skipped, as RabbitMQ routes a transaction's publishes when they are published)."""
+    store = vhost.store
+    mark = store.issued if store is not None else 0
+    if routed.held:
+        vhost.delayed.hold(exchange, routed.message, moved)
+        delivered, refused = True, False
     else:
-        queues = vhost.route(exchange, selected, extra_keys, routing_key)
-        routed = bool(queues)
-        refused = deliver(vhost, queues, selected, moved) if queues else release(vhost, moved)
+        queues = [queue for queue in routed.queues if not queue.deleted]
+        delivered = bool(queues)
+        refused = deliver(vhost, queues, routed.message, moved) if queues else release(
+            vhost, moved)
     ticket = store.issued if store is not None and store.issued != mark else 0
-    return Outcome(routed, refused, ticket)
+    return Outcome(delivered, refused, ticket)
 
 
 def deliver(vhost: VirtualHost, queues: list[Queue], message: Message,

@@ -82,8 +82,9 @@ class Compactor:
         self._executor.shutdown(wait=True)
 
     # -- deciding --------------------------------------------------------------------------
-    def check(self) -> None:
-        """Start the next compaction job if one is due (cheap: a pass over the files)."""
+    def check(self, force: bool = False) -> None:
+        """Start the next compaction job if one is due (cheap: a pass over the files);
+        ``force`` merges the sealed files whatever their garbage (tests)."""
         store = self.store
         if self.busy or store.closing:
             return
@@ -102,7 +103,7 @@ class Compactor:
             return
         garbage = sum(index.files[n].dead_bytes for n in sealed)
         live = sum(index.files[n].live_bytes for n in sealed)
-        if garbage > max(live, store.segment_limit):
+        if force or garbage > max(live, store.segment_limit):
             self._merge(sealed)
 
     def _run(self, work: Callable[[], object], then: Callable[[object], None]) -> None:

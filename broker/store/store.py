@@ -344,7 +344,8 @@ class MessageStore:
             ops.append(Append(defs.log_path(self.data_dir, self._def_generation),
                               self._def_log_size, data))
             self._def_log_size += len(data)
-            if self._def_changes > max(defs.MIN_SNAPSHOT_CHANGES, 2 * len(self.definitions)):
+            # a snapshot once most of the log is superseded changes (amortised O(1) each)
+            if self._def_changes > 2 * len(self.definitions) + defs.MIN_SNAPSHOT_CHANGES:
                 ops += self._snapshot_definitions()
         if ops:
             self.writer.submit(Job(self.issued, ops))

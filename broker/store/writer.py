@@ -15,6 +15,7 @@ since Linux may have dropped the dirty pages it could not write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -205,16 +206,16 @@ class Writer:
         for index, job in enumerate(jobs):
             try:
                 self._write_job(job)
-            except OSError as failure:
-                error = failure
+            except Exception as failure:  # OSError, or a bug: either way, hold and retry
+                error = _as_os_error(failure)
                 self._held = jobs[index:]
                 break
             self._unsynced.append(job)
         try:
             self._sync_files()
-        except OSError as failure:
+        except Exception as failure:
             # The kernel may have dropped what it could not write: write it all again.
-            error = failure
+            error = _as_os_error(failure)
             self._held = self._unsynced + self._held
             self._unsynced = []
         if self._unsynced:
@@ -286,3 +287,10 @@ class Writer:
         for path in list(self._sealed):
             if path not in self._dirty:
                 self._drop_fd(path)
+
+
+def _as_os_error(error: Exception) -> OSError:
+    if isinstance(error, OSError):
+        return error
+    log.exception("unexpected error in the store's writer thread")
+    return OSError(errno.EIO, f"{type(error).__name__}: {error}")
