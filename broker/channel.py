@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pamqp import commands
-from pamqp.header import ContentHeader
 
 from broker import direct_reply
 from broker.handlers import HANDLERS
@@ -25,6 +24,7 @@ from protocol import constants as c
 from protocol import errors, fastpath
 from protocol.framing import method_frame
 from protocol.methods import decode_method, make, method_index
+from protocol.validate import check_content_header, decode_properties
 
 if TYPE_CHECKING:
     from broker.connection import Connection
@@ -239,6 +239,9 @@ class Channel:
                 c.CLASS_BASIC,
                 40,
             )
+        # A header that does not decode is refused before anything of it is kept: RabbitMQ
+        # 3.10.8 closes the connection with 541 INTERNAL_ERROR; this says what it is (502).
+        check_content_header(payload)
         if flags & (fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION):
             self._check_properties(payload)
         if flags & fastpath.FLAG_REPLY_TO:
@@ -247,9 +250,7 @@ class Channel:
 
     def _check_properties(self, header: bytes) -> None:
         """Refuse a wrong user_id or an invalid expiration, as RabbitMQ does (406)."""
-        content = ContentHeader()
-        content.unmarshal(header)
-        properties = content.properties
+        properties = decode_properties(header)
         user_id = properties.user_id
         if user_id is not None and user_id != self.connection.username:
             raise errors.PreconditionFailed(

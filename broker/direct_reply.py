@@ -12,9 +12,9 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from pamqp.header import ContentHeader
-
 from protocol import errors
+from protocol.tables import content_header
+from protocol.validate import decode_properties
 
 if TYPE_CHECKING:
     from broker.channel import Channel
@@ -44,12 +44,11 @@ def rewrite_reply_to(ch: Channel, header: bytes) -> bytes:
     """Replace ``reply_to = amq.rabbitmq.reply-to`` with the channel's private name."""
     if _REPLY_TO_BYTES not in header:  # cheap test before decoding the properties
         return header
-    content = ContentHeader()
-    content.unmarshal(header)
-    if content.properties.reply_to != REPLY_TO:
+    properties = decode_properties(header)
+    if properties.reply_to != REPLY_TO:
         return header
     queue = ch.reply_queue
     if queue is None or queue.deleted:
         raise errors.PreconditionFailed("fast reply consumer does not exist", 60, 40)
-    content.properties.reply_to = queue.name
-    return header[:4] + content.marshal()[4:]
+    properties.reply_to = queue.name
+    return content_header(int.from_bytes(header[4:12], "big"), properties)

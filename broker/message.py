@@ -11,10 +11,10 @@ import re
 from typing import Any
 
 from pamqp import commands
-from pamqp.header import ContentHeader
 
 from protocol import errors, fastpath
 from protocol.tables import content_header
+from protocol.validate import decode_properties
 
 
 def header_shape(header: bytes) -> tuple[int, bool]:
@@ -63,9 +63,7 @@ class Message:
     def properties(self) -> commands.Basic.Properties:
         """The decoded basic properties (decoded on first use)."""
         if self._properties is None:
-            content = ContentHeader()
-            content.unmarshal(self.header)
-            self._properties = content.properties
+            self._properties = decode_properties(self.header)
         return self._properties
 
     @property

@@ -301,3 +301,27 @@ def test_consumer_that_acks_in_time_is_not_cancelled(broker: Broker) -> None:
         pump(conn, 0.4)
         assert got == [str(i).encode() for i in range(5)]
         assert cancelled == []
+
+
+@pytest.mark.leveret_only
+def test_multiple_ack_naming_a_timed_out_tag_settles_the_earlier_tags(broker: Broker) -> None:
+    """ack(multiple) with the tag of a delivery the consumer timeout took back still settles
+    the channel's earlier deliveries (it was once ignored entirely)."""
+    with pika_channel(broker.url) as (conn, ch):
+        kept = ch.queue_declare("", exclusive=True).method.queue
+        timed = ch.queue_declare("", exclusive=True,
+                                 arguments={"x-consumer-timeout": 200}).method.queue
+        ch.basic_publish("", kept, b"early")
+        ch.basic_publish("", timed, b"late")
+        early = ch.basic_get(kept)[0]  # tag 1, on a queue without a timeout
+        got: list[Any] = []
+        cancelled: list[Any] = []
+        ch.add_on_cancel_callback(cancelled.append)
+        ch.basic_consume(timed, lambda c, m, p, b: got.append(m))  # tag 2, times out
+        assert pump_until(conn, lambda: bool(got) and bool(cancelled), timeout=5)
+        assert got[0].delivery_tag > early.delivery_tag
+        ch.basic_ack(got[0].delivery_tag, multiple=True)
+        ch.basic_recover(requeue=True)  # anything still unacked goes back to its queue
+        assert ch.queue_declare(kept, passive=True).method.message_count == 0, (
+            "the earlier delivery was left unacked")
+        assert ch.queue_declare(timed, passive=True).method.message_count == 1

@@ -12,6 +12,7 @@ The default run does two rounds; ``-m slow`` runs ``LEVERET_CRASH_ROUNDS`` (defa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -118,10 +119,8 @@ async def _load(url: str, ledger: Ledger, round_: int, stop: asyncio.Event) -> N
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(connection.close(), 1)
-        except Exception:
-            pass
 
 
 async def _drain(url: str) -> dict[str, list[str]]:
