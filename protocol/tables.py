@@ -6,11 +6,16 @@ signed 32-bit when they fit, else signed 64-bit, and ``Long`` always 64-bit (x-d
 ``count``, ``x-delivery-count``) — and key order is kept. What ``protocol.validate`` decodes
 where pamqp cannot (``bytes`` field names and shortstrs that are not UTF-8, ``Timestamp``) goes
 out as it came in. Everything else is pamqp's.
+
+Nested tables and arrays are written with an explicit stack, not recursion, so a table as
+deep as ``protocol.validate`` decodes (RabbitMQ accepts any depth a frame can hold) can be
+written back, in time linear in its size.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from pamqp import commands, encode
@@ -20,6 +25,11 @@ _Q = struct.Struct(">q")
 _L = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _CONTENT_HEADER = struct.Struct(">HHQ")
+_EMPTY = b"\x00\x00\x00\x00"  # an empty table, or a placeholder for a length
+_SHORT = tuple(bytes((n,)) for n in range(256))  # the length byte of a field name
+# Nesting up to this depth is not checked for a table or array that contains itself: past it,
+# the enclosing ones are, and such a cycle is refused before long.
+_UNCHECKED_DEPTH = 32
 
 
 class Long(int):
@@ -32,36 +42,127 @@ class Timestamp(int):
 
 
 def encode_value(value: Any) -> bytes:
-    if isinstance(value, bool):
-        return b"t" + (b"\x01" if value else b"\x00")
-    if isinstance(value, Long):
-        return b"l" + _Q.pack(value)
-    if isinstance(value, Timestamp):
-        return b"T" + _U64.pack(value)
-    if isinstance(value, int):
-        if -(2**31) <= value < 2**31:
-            return b"I" + _I.pack(value)
-        return b"l" + _Q.pack(value)
-    if isinstance(value, dict):
-        return b"F" + encode_table(value)
-    if isinstance(value, list):
-        body = b"".join(encode_value(item) for item in value)
-        return b"A" + _L.pack(len(body)) + body
-    if isinstance(value, bytes):
-        return b"S" + _L.pack(len(value)) + value
-    return encode.encode_table_value(value)
+    """A field value with its type tag."""
+    out = [b""]  # where ``_encode`` writes the length of the one-item array
+    _encode(out, iter((value,)), False)
+    out[0] = b""
+    return b"".join(out)
 
 
 def encode_table(table: dict[str, Any] | None) -> bytes:
     """A field table, keys in their given order."""
     if not table:
-        return b"\x00\x00\x00\x00"
-    parts = []
-    for key, value in table.items():
-        raw = (key if isinstance(key, bytes) else key.encode("utf-8"))[:255]
-        parts += (bytes((len(raw),)), raw, encode_value(value))
-    body = b"".join(parts)
-    return _L.pack(len(body)) + body
+        return _EMPTY
+    out = [_EMPTY]
+    _encode(out, iter(table.items()), True)
+    return b"".join(out)
+
+
+def _encode(out: list[bytes], items: Iterator[Any], table: bool) -> None:
+    """Append the encoded fields of a table (``items`` its ``(key, value)`` pairs) or array
+    (``items`` its values) to ``out``, and then overwrite ``out[-1]`` as it was on entry with
+    their length.
+
+    Nested tables and arrays are written with an explicit stack, not recursion: each gets a
+    placeholder in ``out`` that is overwritten with its length when it ends, ``size`` counting
+    the bytes written so far. The work is linear in the size of the output at any depth.
+    """
+    append = out.append
+    pack_long, pack_int, pack_longlong = _L.pack, _I.pack, _Q.pack
+    short = _SHORT
+    # the enclosing containers: (items, table, placeholder index, size at its start, id)
+    stack: list[tuple[Iterator[Any], bool, int, int, int]] = []
+    open_ids: set[int] = set()  # of the enclosing containers past _UNCHECKED_DEPTH
+    header = len(out) - 1
+    size = mark = current = 0
+    name = b""  # the current field's name with its length byte; none in an array
+    piece: bytes | None  # a field as written, None for a table or array to go into
+    while True:
+        for value in items:
+            if table:
+                key, value = value
+                raw = (key if isinstance(key, bytes) else key.encode("utf-8"))[:255]
+                name = short[len(raw)] + raw
+            # The common exact types first, then the order of the recursive encoder this
+            # replaced (``bool``, ``Long``, ``Timestamp``, ``int``, ``dict``, ``list``,
+            # ``bytes``, then pamqp), which decides how a subclass of these is written.
+            kind = type(value)
+            if kind is str:
+                raw = value.encode("utf-8")
+                if len(raw) > 0xFFFFFFFF:
+                    encode.encode_table_value(value)  # raises pamqp's TypeError
+                piece = name + b"S" + pack_long(len(raw)) + raw
+            elif value is None:
+                piece = name + b"V"
+            elif kind is int:
+                if -2147483648 <= value <= 2147483647:
+                    piece = name + b"I" + pack_int(value)
+                else:
+                    piece = name + b"l" + pack_longlong(value)
+            elif kind is bool:
+                piece = name + (b"t\x01" if value else b"t\x00")
+            elif kind is dict:
+                piece = None
+                nested = True
+            elif kind is list:
+                piece = None
+                nested = False
+            elif isinstance(value, Long):
+                piece = name + b"l" + pack_longlong(value)
+            elif isinstance(value, Timestamp):
+                piece = name + b"T" + _U64.pack(value)
+            elif isinstance(value, int):
+                if -2147483648 <= value <= 2147483647:
+                    piece = name + b"I" + pack_int(value)
+                else:
+                    piece = name + b"l" + pack_longlong(value)
+            elif isinstance(value, dict):
+                piece = None
+                nested = True
+            elif isinstance(value, list):
+                piece = None
+                nested = False
+            elif isinstance(value, bytes):
+                piece = name + b"S" + pack_long(len(value)) + value
+            else:
+                piece = name + encode.encode_table_value(value)
+            if piece is not None:
+                append(piece)
+                size += len(piece)
+                continue
+            # a nested table or array: its tag, and a placeholder for its length
+            if nested:
+                if not value:
+                    piece = name + b"F" + _EMPTY
+                    append(piece)
+                    size += len(piece)
+                    continue
+                piece = name + b"F"
+                inner = iter(value.items())
+            else:
+                piece = name + b"A"
+                inner = iter(value)
+                name = b""
+            stack.append((items, table, header, mark, current))
+            if len(stack) > _UNCHECKED_DEPTH:  # only a cycle goes on for ever
+                current = id(value)
+                if current in open_ids:
+                    raise ValueError("cannot encode a field table or array that contains itself")
+                open_ids.add(current)
+            append(piece)
+            append(_EMPTY)
+            size += len(piece) + 4
+            items, table, header, mark = inner, nested, len(out) - 1, size
+            break
+        else:  # the container ends
+            out[header] = pack_long(size - mark)
+            if not stack:
+                return
+            if current:
+                open_ids.discard(current)
+            items, table, header, mark, current = stack.pop()
+            if not table:
+                name = b""
 
 
 class _Properties(commands.Basic.Properties):
