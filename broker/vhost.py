@@ -335,7 +335,7 @@ class VirtualHost:
         """A queue the message log names but the definitions lost: recreated as a plain
         durable queue so its stored messages are kept."""
         self.queues[name] = queue = Queue(name, self, durable=True)
-        self._define("queue.declare", name=name, auto_delete=False, arguments={})
+        self._define("queue.declare", name=name, auto_delete=False, arguments=encode_table({}))
         return queue
 
     def connection_closed(self, connection: Connection) -> None:

@@ -644,3 +644,27 @@ def test_a_failing_dispatch_does_not_stop_other_queues(data: Path) -> None:
             conn.process_data_events(time_limit=0.05)
         assert sorted(got) == [b"b"] * 5 + [b"f"] * 5
         conn.close()
+
+
+def test_a_queue_whose_definition_was_lost_keeps_its_messages(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The definitions lost the queue (a damaged change) but the log holds its messages:
+    the queue is recreated rather than emptied."""
+    with EmbeddedBroker(data_dir=data) as broker:
+        conn = _connect(broker.url)
+        ch = conn.channel()
+        ch.queue_declare("other", durable=True)
+        ch.queue_declare("keep", durable=True)
+        ch.confirm_delivery()
+        for index in range(5):
+            ch.basic_publish("", "keep", f"k{index}".encode(), PERSISTENT)
+        conn.close()
+    log_file = next(data.glob("definitions.*.log"))
+    raw = bytearray(log_file.read_bytes())
+    raw[raw.index(b'"keep"') + 2] ^= 0x01
+    log_file.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING), EmbeddedBroker(data_dir=data) as broker:
+        assert "keep" in broker.broker.vhosts["/"].queues
+        assert _drain(broker.url, "keep") == [f"k{i}".encode() for i in range(5)]
+    assert any("definition was lost" in r.getMessage() for r in caplog.records)

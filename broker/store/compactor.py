@@ -89,7 +89,8 @@ class Compactor:
         if self.busy or store.closing:
             return
         index = store.index
-        sealed = sorted(n for n in index.files if n != store.head)
+        # Only files the writer has finished with: it already wrote into a later segment.
+        sealed = sorted(n for n in index.files if n < store.written_segment)
         if not sealed:
             return
         dead_front = []

@@ -12,8 +12,6 @@ that change only. Every loss is reported.
 from __future__ import annotations
 
 import base64
-import datetime
-import decimal
 import json
 import logging
 import re
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.store import records
+from protocol import tables, validate
 
 log = logging.getLogger(__name__)
 
@@ -30,42 +29,14 @@ _NAME = re.compile(r"definitions\.(\d+)\.(json|log)")
 MIN_SNAPSHOT_CHANGES = 1000  # log records before a snapshot is considered
 
 
-def _encode_value(value: Any) -> Any:
-    """AMQP field values as JSON (bytes, timestamps and decimals tagged so they round-trip)."""
-    if isinstance(value, dict):
-        return {"t": {k: _encode_value(v) for k, v in value.items()}}
-    if isinstance(value, list):
-        return {"a": [_encode_value(v) for v in value]}
-    if isinstance(value, bytes | bytearray):
-        return {"b": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, datetime.datetime):
-        return {"ts": value.timestamp()}
-    if isinstance(value, decimal.Decimal):
-        return {"d": str(value)}
-    return value
+def encode_table(table: dict[str, Any]) -> str:
+    """Declare arguments as kept in the log: the AMQP field table, base64 (any depth)."""
+    return base64.b64encode(tables.encode_table(table)).decode("ascii")
 
 
-def _decode_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if "t" in value:
-            return {k: _decode_value(v) for k, v in value["t"].items()}
-        if "a" in value:
-            return [_decode_value(v) for v in value["a"]]
-        if "b" in value:
-            return base64.b64decode(value["b"])
-        if "ts" in value:
-            return datetime.datetime.fromtimestamp(value["ts"], datetime.UTC)
-        if "d" in value:
-            return decimal.Decimal(value["d"])
-    return value
-
-
-def encode_table(table: dict[str, Any]) -> dict[str, Any]:
-    return {k: _encode_value(v) for k, v in table.items()}
-
-
-def decode_table(table: dict[str, Any]) -> dict[str, Any]:
-    return {k: _decode_value(v) for k, v in table.items()}
+def decode_table(text: str) -> dict[str, Any]:
+    data = base64.b64decode(text)
+    return validate.decode_table(data)[0] if data else {}  # type: ignore[return-value]
 
 
 def binding_key(op: dict[str, Any]) -> str:

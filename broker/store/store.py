@@ -252,6 +252,11 @@ class MessageStore:
         located = self.index.locate(msg_id)
         return located[0].sizes[located[1]] if located is not None else 0
 
+    @property
+    def written_segment(self) -> int:
+        """The newest segment the writer has written into (older ones are complete)."""
+        return self._written >> records.SEGMENT_SHIFT
+
     def is_written(self, msg_id: int) -> bool:
         """Whether the message's record is in its file (so it can be read back)."""
         return msg_id < self._written
