@@ -51,13 +51,13 @@ class Message:
     @property
     def exchange(self) -> str:
         raw = self.route_raw
-        return raw[1 : 1 + raw[0]].decode("utf-8")
+        return raw[1 : 1 + raw[0]].decode("utf-8", "surrogateescape")
 
     @property
     def routing_key(self) -> str:
         raw = self.route_raw
         start = 2 + raw[0]
-        return raw[start : start + raw[start - 1]].decode("utf-8")
+        return raw[start : start + raw[start - 1]].decode("utf-8", "surrogateescape")
 
     @property
     def properties(self) -> commands.Basic.Properties:

@@ -263,15 +263,41 @@ TABLES: dict[str, type[RoutingTable]] = {
 
 
 def freeze(value: Any) -> Hashable:
-    """A hashable, order-insensitive form of an AMQP field value (tables become frozensets)."""
-    if isinstance(value, dict):
-        return frozenset((k, freeze(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
-    if isinstance(value, bytearray):
-        return bytes(value)
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
+    """A hashable, order-insensitive form of an AMQP field value (binding arguments).
+
+    A flat tuple of tokens (tables with their keys sorted), built without recursion so that
+    a table nested thousands deep (RabbitMQ accepts them) compares and hashes flatly.
+    """
+    tokens: list[Any] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            keys = sorted(item, key=repr)
+            tokens += ("{", len(keys))
+            for key in reversed(keys):
+                stack.append(item[key])
+                stack.append(_Key(key))
+        elif isinstance(item, list):
+            tokens += ("[", len(item))
+            stack.extend(reversed(item))
+        elif isinstance(item, _Key):
+            tokens.append(item.name)
+        elif isinstance(item, bytearray):
+            tokens.append(bytes(item))
+        else:
+            try:
+                hash(item)
+            except TypeError:
+                item = repr(item)
+            tokens += (type(item).__name__, item)
+    return tuple(tokens)
+
+
+class _Key:
+    """A table key on the freeze stack (told apart from the values around it)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: Any) -> None:
+        self.name = name

@@ -81,14 +81,15 @@ def _encode(out: list[bytes], items: Iterator[Any], table: bool) -> None:
         for value in items:
             if table:
                 key, value = value
-                raw = (key if isinstance(key, bytes) else key.encode("utf-8"))[:255]
+                raw = (key if isinstance(key, bytes) else key.encode("utf-8", "surrogateescape"))[
+                    :255]
                 name = short[len(raw)] + raw
             # The common exact types first, then the order of the recursive encoder this
             # replaced (``bool``, ``Long``, ``Timestamp``, ``int``, ``dict``, ``list``,
             # ``bytes``, then pamqp), which decides how a subclass of these is written.
             kind = type(value)
             if kind is str:
-                raw = value.encode("utf-8")
+                raw = value.encode("utf-8", "surrogateescape")
                 if len(raw) > 0xFFFFFFFF:
                     encode.encode_table_value(value)  # raises pamqp's TypeError
                 piece = name + b"S" + pack_long(len(raw)) + raw
