@@ -60,6 +60,7 @@ def _expected_body() -> errors.AMQPError:
 _NOT_PLAIN = fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION | fastpath.FLAG_REPLY_TO
 _SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
 _CACHE_SIZE = 8  # per channel: a publisher's few destinations and property sets
+_REPLAY_BATCH = 1024  # held frames processed per event-loop iteration
 _CACHED_HEADER_MAX = 512  # bytes; bigger headers are checked each time
 
 
@@ -85,7 +86,7 @@ class Channel:
         # deliveries; ``unacked`` is kept in tag order (insertion order of increasing tags)
         self.next_delivery_tag = 1
         self.unacked: dict[int, Delivery] = {}
-        self._timeouts: list[tuple[float, int, Consumer]] = []  # (deadline, tag, consumer)
+        self._deadlines: dict[int, float] = {}  # tag -> deadline, for timed consumers
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._timed_out_tags: set[int] = set()
         self.consumers: dict[str, Consumer] = {}
@@ -102,9 +103,14 @@ class Channel:
         self.tx_publishes: list[tuple[Exchange, Routed, bool]] = []
         # a transaction's settlements, out of ``unacked`` already: ([(tag, delivery)], requeue)
         self.tx_settlements: list[tuple[list[tuple[int, Delivery]], bool | None]] = []
-        # frames that arrived while the channel waits for the store (see ``park``)
+        # frames held while the channel is parked or throttled (see ``must_hold``)
         self.inbox: deque[Frame] | None = None
+        self.parked = False
+        self.throttled_by: set[Queue] = set()
+        self._resume_scheduled = False
         self.released = False
+        if connection.blocked_reason is not None:  # a resource alarm: publishes wait
+            self.inbox = deque()
         self._publish: fastpath.Publish | None = None
         self._exchange: Exchange | None = None
         self._header: bytes | None = None
@@ -251,14 +257,20 @@ class Channel:
     def _check_properties(self, header: bytes) -> None:
         """Refuse a wrong user_id or an invalid expiration, as RabbitMQ does (406)."""
         properties = decode_properties(header)
+        # A shortstr that is not UTF-8 comes as bytes: compared and quoted as sent.
         user_id = properties.user_id
+        if isinstance(user_id, bytes):
+            user_id = user_id.decode("utf-8", "surrogateescape")
         if user_id is not None and user_id != self.connection.username:
             raise errors.PreconditionFailed(
                 f"user_id property set to '{user_id}' but authenticated user was "
                 f"'{self.connection.username}'", c.CLASS_BASIC, 40,
             )
-        if properties.expiration is not None:
-            self._ttl = parse_expiration(properties.expiration)
+        expiration = properties.expiration
+        if expiration is not None:
+            if isinstance(expiration, bytes):
+                expiration = expiration.decode("utf-8", "surrogateescape")
+            self._ttl = parse_expiration(expiration)
 
     def _handle_body(self, payload: bytes) -> None:
         if self._header is None:
@@ -306,8 +318,13 @@ class Channel:
         """Deliver a routed publish; return it if mandatory and unroutable; confirm it once
         everything it caused is durable."""
         outcome = complete(self.vhost, exchange, routed)
+        for queue in routed.queues:
+            if queue.backlogged:  # flow control: hold this channel's next publishes
+                self.throttle(queue)
         if not outcome.routed and mandatory:
             self.send_return(c.NO_ROUTE, "NO_ROUTE", routed.message)
+            if not self.connection.has_room():
+                self.park_until_writable()  # returns pile up: wait for the client to read
         if self.confirm_mode:
             seq = self.publish_seq = self.publish_seq + 1
             if outcome.refused:
@@ -344,6 +361,7 @@ class Channel:
 
     def send_return(self, code: int, text: str, message: Message) -> None:
         conn = self.connection
+        conn.out_bytes += len(message.body)
         fastpath.write_delivery(
             conn.out,
             self.number,
@@ -409,6 +427,8 @@ class Channel:
             queue.unacked += 1
             if queue.consumer_timeout:
                 self._watch_timeout(tag, consumer, queue.consumer_timeout)
+            if self.connection.reading_paused:
+                self.connection.delivery_unacked()
         if entry.msg_id is not None:
             queue.stored_delivery(entry, consumer.no_ack)
         message = entry.message
@@ -434,10 +454,13 @@ class Channel:
         if not no_ack:
             self.unacked[tag] = (entry, queue, None)
             queue.unacked += 1
+            if self.connection.reading_paused:
+                self.connection.delivery_unacked()
         if entry.msg_id is not None:
             queue.stored_delivery(entry, no_ack)
         message = entry.message
         conn = self.connection
+        conn.out_bytes += len(message.body)
         fastpath.write_delivery(
             conn.out,
             self.number,
@@ -484,6 +507,9 @@ class Channel:
 
     def _settle_or_hold(self, settled: list[tuple[int, Delivery]],
                         requeue: bool | None) -> None:
+        if self._deadlines:
+            for tag, _delivery in settled:
+                self._deadlines.pop(tag, None)
         """Settle now, or at commit in a transaction (the tags leave ``unacked`` now, as in
         RabbitMQ: a second ack of one tag is an error at once, not at commit)."""
         if self.tx_mode:
@@ -533,7 +559,7 @@ class Channel:
     # -- consumer timeout (off unless configured) ------------------------------------------
     def _watch_timeout(self, tag: int, consumer: Consumer, timeout: float) -> None:
         loop = self.connection.loop
-        self._timeouts.append((loop.time() + timeout, tag, consumer))
+        self._deadlines[tag] = loop.time() + timeout
         if self._timeout_timer is None:
             self._timeout_timer = loop.call_later(min(timeout, 1.0), self._check_timeouts)
 
@@ -544,19 +570,17 @@ class Channel:
             return
         now = self.connection.loop.time()
         unacked = self.unacked
-        waiting = []
+        deadlines = self._deadlines
         timed_out: dict[Consumer, None] = {}
-        for deadline, tag, consumer in self._timeouts:
-            if tag not in unacked or consumer in timed_out:
-                continue
-            if deadline <= now:
-                timed_out[consumer] = None
-            else:
-                waiting.append((deadline, tag, consumer))
-        self._timeouts = waiting
+        for tag in list(deadlines):
+            delivery = unacked.get(tag)
+            if delivery is None:  # settled meanwhile
+                del deadlines[tag]
+            elif deadlines[tag] <= now and delivery[2] is not None:
+                timed_out[delivery[2]] = None
         for consumer in timed_out:
             self._time_out(consumer)
-        if self._timeouts:
+        if deadlines:
             self._timeout_timer = self.connection.loop.call_later(1.0, self._check_timeouts)
 
     def _time_out(self, consumer: Consumer) -> None:
@@ -565,6 +589,8 @@ class Channel:
                     consumer.tag, self.number, self.connection.peer)
         tags = [tag for tag, delivery in self.unacked.items() if delivery[2] is consumer]
         deliveries = [self.unacked.pop(tag) for tag in tags]
+        for tag in tags:
+            self._deadlines.pop(tag, None)
         self._timed_out_tags.update(tags)
         self.remove_consumer(consumer)
         self._settle(deliveries, requeue=True)
@@ -627,7 +653,12 @@ class Channel:
             self._settle(held, requeue=True)
         self._reset_content()
         self.tx_publishes.clear()
+        if self.inbox:
+            self.connection.held(-sum(_frame_size(*frame) for frame in self.inbox))
         self.inbox = None
+        for queue in self.throttled_by:
+            queue.throttled.discard(self)
+        self.throttled_by.clear()
         self._pending.clear()
         self._ahead.clear()
         self._confirm_nacks.clear()
@@ -652,7 +683,40 @@ class Channel:
         settlements, self.tx_settlements = self.tx_settlements, []
         self.restore_unacked([pair for settled, _ in settlements for pair in settled])
 
-    # -- waiting for the store -------------------------------------------------------------
+    # -- holding frames: parked (for the store or the socket) or throttled ---------------------
+    # A parked channel holds every frame until what it waits for has happened: a durable
+    # reply's fsync, or room in the socket's buffer. A throttled channel (its publishes
+    # reached a queue past its flow limit, or a resource alarm is on) holds publishes and
+    # whatever follows them, while acks, nacks and rejects go straight through: a consumer
+    # on the same connection keeps draining the queue, so nothing deadlocks.
+
+    @property
+    def throttled(self) -> bool:
+        return bool(self.throttled_by) or self.connection.blocked_reason is not None
+
+    def must_hold(self, frame_type: int, payload: object) -> bool:
+        """Whether a frame arriving now waits in the inbox (``inbox`` is not None)."""
+        if frame_type == c.FRAME_METHOD:
+            index = method_index(payload)  # type: ignore[arg-type]
+            if index in _SETTLEMENTS and self.settlements_pass():
+                return False
+            if self.parked or (index == c.BASIC_PUBLISH and self.throttled):
+                return True
+        elif self.parked or (frame_type == c.FRAME_PUBLISH and self.throttled):
+            return True
+        return bool(self.inbox)  # behind held frames, in order
+
+    def settlements_pass(self) -> bool:
+        """Acks, nacks and rejects overtake held frames (they produce no output and drain
+        queues), except between a publish's frames or inside a transaction (where their
+        order against tx.commit matters)."""
+        return self._publish is None and not self.tx_mode
+
+    def hold(self, frame_type: int, payload: object) -> None:
+        assert self.inbox is not None
+        self.inbox.append((frame_type, payload))
+        self.connection.held(_frame_size(frame_type, payload))
+
     def store_mark(self) -> int:
         """The store's ticket count now: ``reply`` waits for what is written after it."""
         store = self.vhost.store
@@ -664,28 +728,122 @@ class Channel:
         store = self.vhost.store
         if store is None or store.issued == mark or store.issued <= store.durable:
             self.connection.send_method(self.number, method)
-        else:
-            self.park(store.issued, lambda: self.connection.send_method(self.number, method))
-
-    def park(self, ticket: int, then: Callable[[], None]) -> None:
-        """Hold this channel's next frames until store ticket ``ticket`` is durable, then
-        run ``then`` and process them in order (RabbitMQ's channel also waits there)."""
-        self.inbox = deque()
-        store = self.vhost.store
-        assert store is not None
-        store.when_durable(ticket, lambda: self._unpark(then))
-
-    def _unpark(self, then: Callable[[], None]) -> None:
-        if self.released or self.inbox is None:
             return
-        then()
-        inbox, self.inbox = self.inbox, None
+        self._park()
+        store.when_durable(store.issued, lambda: self._unpark(
+            lambda: self.connection.send_method(self.number, method)))
+
+    def park_until_writable(self) -> None:
+        """The socket's buffer is full: process nothing more until it has drained."""
+        self._park()
+        self.connection.wait_writable(self)
+
+    def on_writable(self) -> None:
+        self._unpark(None)
+
+    def _park(self) -> None:
+        self.parked = True
+        if self.inbox is None:
+            self.inbox = deque()
+
+    def _unpark(self, then: Callable[[], None] | None) -> None:
+        if self.released or not self.parked:
+            return
+        self.parked = False
+        if then is not None:
+            then()
+        self._resume_soon()
+
+    def _settle_held(self) -> None:
+        """Process the acks held behind a throttled publish (held while the channel was
+        parked or a content was arriving): the consumer they free may drain the queue."""
+        inbox = self.inbox
+        if not inbox or not self.settlements_pass():
+            return
+        held = [frame for frame in inbox if _is_settlement(*frame)]
+        if not held:
+            return
+        kept = deque(frame for frame in inbox if not _is_settlement(*frame))
+        inbox.clear()
+        inbox.extend(kept)
         connection = self.connection
-        while inbox:
-            frame_type, payload = inbox.popleft()
+        for frame_type, payload in held:
+            connection.held(-_frame_size(frame_type, payload))
             connection.replay_frame(self.number, frame_type, payload)
             if self.released:
                 return
-            if self.inbox is not None:  # parked again: the rest waits behind
-                self.inbox.extend(inbox)
+
+    def throttle(self, queue: Queue) -> None:
+        """``queue`` is past its flow limit: hold this channel's next publishes (not in a
+        transaction: its publishes wait for tx.commit anyway)."""
+        if self.tx_mode:
+            return
+        if queue not in self.throttled_by:
+            self.throttled_by.add(queue)
+            queue.throttled.add(self)
+            if self.inbox is None:
+                self.inbox = deque()
+
+    def unthrottle(self, queue: Queue) -> None:
+        self.throttled_by.discard(queue)
+        self._resume_soon()
+
+    def alarm_changed(self) -> None:
+        """A resource alarm was raised or cleared for the connection."""
+        if self.throttled:
+            if self.inbox is None:
+                self.inbox = deque()
+        else:
+            self._resume_soon()
+
+    def _resume_soon(self) -> None:
+        if self.inbox is not None and not self._resume_scheduled:
+            self._resume_scheduled = True
+            self.connection.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        """Process held frames, in order, until something holds the channel again (a
+        throttle stops at the next publish; a park stops everything)."""
+        self._resume_scheduled = False
+        inbox = self.inbox
+        if self.released or self.parked or inbox is None:
+            return
+        connection = self.connection
+        for _ in range(_REPLAY_BATCH):
+            if not inbox:
+                break
+            frame_type, payload = inbox[0]
+            if self.throttled and _is_publish(frame_type, payload):
+                self._settle_held()
+                return  # the rest waits for the throttle to lift
+            inbox.popleft()
+            connection.held(-_frame_size(frame_type, payload))
+            self.inbox = None  # let this one through
+            connection.replay_frame(self.number, frame_type, payload)
+            if self.released:
                 return
+            again = self.inbox
+            if again:  # held once more (the channel parked on it): it stays first
+                inbox.extendleft(reversed(again))
+            self.inbox = inbox
+            if self.parked:
+                return
+        if inbox:
+            self._resume_soon()
+        elif not self.throttled:
+            self.inbox = None
+
+
+def _is_settlement(frame_type: int, payload: object) -> bool:
+    return frame_type == c.FRAME_METHOD and method_index(payload) in _SETTLEMENTS  # type: ignore[arg-type]
+
+
+def _is_publish(frame_type: int, payload: object) -> bool:
+    return frame_type == c.FRAME_PUBLISH or (
+        frame_type == c.FRAME_METHOD and method_index(payload) == c.BASIC_PUBLISH)  # type: ignore[arg-type]
+
+
+def _frame_size(frame_type: int, payload: object) -> int:
+    if frame_type == c.FRAME_PUBLISH:
+        return sum(len(part) for part in payload if part is not None)  # type: ignore[union-attr]
+    return len(payload)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ class BrokerConfig:
     max_message_size: int = 128 * 1024 * 1024
     handshake_timeout: float = 10.0
     close_timeout: float = 3.0  # how long to wait for close-ok after we sent close
+    write_timeout: float = 30.0  # a client that reads nothing this long is dropped; 0: never
     cluster_name: str = "leveret@localhost"
     consumer_timeout: float | None = None  # seconds a delivery may stay unacked; None = off
     fsync: bool = True  # fsync before confirming persistent messages (group commit)

@@ -19,11 +19,10 @@ from broker import __version__, auth
 from broker.channel import Channel
 from protocol import constants as c
 from protocol import errors
-from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame, unfuse
+from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame, octets, unfuse
 from protocol.methods import Method, decode_method, encode_method, ids, make, method_index
 
 if TYPE_CHECKING:
-    from broker.queue import Queue
     from broker.server import Broker
     from broker.vhost import VirtualHost
 
@@ -39,8 +38,13 @@ _CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 OUT_BATCH_PARTS = 6 * 1024
 OUT_BATCH_BYTES = 1024 * 1024  # and message bodies
 
+HOLD_LIMIT = 1024 * 1024  # held frames past which a connection may stop being read
+HOLD_HARD_LIMIT = 64 * 1024 * 1024  # ... and past which it stops being read in any case
+_SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
+
 # States of the connection's life.
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
+_STATE_NAMES = {AWAIT_START_OK: "starting", AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening"}
 
 CAPABILITIES = {
     "publisher_confirms": True,
@@ -65,6 +69,35 @@ def server_properties(cluster_name: str) -> dict[str, Any]:
         "cluster_name": cluster_name,
         "capabilities": dict(CAPABILITIES),
     }
+
+
+# Log lines about failed handshakes (bad headers, refused logins, frame errors, timeouts) are
+# limited per peer address: at most PEER_LOG_LINES per PEER_LOG_WINDOW seconds, plus one
+# saying the rest is suppressed, so that one host cannot flood the log.
+PEER_LOG_LINES = 5
+PEER_LOG_WINDOW = 10.0
+_PEER_LOG_MAX = 4096  # addresses remembered
+_peer_log: dict[str, list[float]] = {}  # address -> [window start, lines in the window]
+
+
+def log_about_peer(peer: str, level: int, message: str, *args: object) -> None:
+    """``log.log(level, message, *args)`` unless ``peer``'s address has had its share."""
+    address = peer.rpartition(":")[0] or peer
+    now = time.monotonic()
+    entry = _peer_log.get(address)
+    if entry is None or now - entry[0] >= PEER_LOG_WINDOW:
+        if len(_peer_log) >= _PEER_LOG_MAX:
+            for old in [a for a, e in _peer_log.items() if now - e[0] >= PEER_LOG_WINDOW]:
+                del _peer_log[old]
+            if len(_peer_log) >= _PEER_LOG_MAX:
+                _peer_log.clear()
+        entry = _peer_log[address] = [now, 0]
+    entry[1] += 1
+    if entry[1] <= PEER_LOG_LINES:
+        log.log(level, message, *args)
+    elif entry[1] == PEER_LOG_LINES + 1:
+        log.log(level, "further log lines about handshakes from %s suppressed for up to %gs",
+                address, PEER_LOG_WINDOW)
 
 
 class Connection(asyncio.Protocol):
@@ -97,8 +130,11 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.blocked_reason: str | None = None
         self.has_published = False
-        self._throttled_by: set[Queue] = set()
-        self._reading_paused = False
+        self.reading_paused = False
+        self.held_bytes = 0  # frames held by parked or throttled channels
+        self._write_waiters: dict[Channel, None] = {}  # parked until the socket drains
+        self._write_stall: asyncio.TimerHandle | None = None
+        self._hard_limit_logged = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,20 +150,45 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.broker.connections.discard(self)
-        for queue in self._throttled_by:
-            queue.throttled.discard(self)
-        self._throttled_by.clear()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+        self._write_waiters.clear()
         self._release_all()
         if exc is not None:
             log.info("connection %s lost: %s", self.peer, exc)
 
     def pause_writing(self) -> None:
+        """The socket's buffer is full: deliveries stop, channels park at their next frame,
+        confirms wait; a client that reads nothing for ``write_timeout`` is dropped."""
         self.writable = False
+        if self._write_stall is None and self.config.write_timeout:
+            self._write_stall = self.loop.call_later(self.config.write_timeout,
+                                                     self._write_stalled)
 
     def resume_writing(self) -> None:
         self.writable = True
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+        waiters, self._write_waiters = self._write_waiters, {}
+        for channel in waiters:
+            channel.on_writable()
         for channel in self.channels.values():
             channel.wake_queues()
+        if self._confirm_channels:
+            self.schedule_flush()
+
+    def wait_writable(self, channel: Channel) -> None:
+        self._write_waiters[channel] = None
+
+    def _write_stalled(self) -> None:
+        self._write_stall = None
+        if self.transport is not None and not self.writable:
+            log.warning("connection %s: the client read nothing for %ss with %d bytes owed; "
+                        "closing it", self.peer, self.config.write_timeout,
+                        self.transport.get_write_buffer_size())
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
@@ -141,8 +202,9 @@ class Connection(asyncio.Protocol):
                 # Fast path: a whole publish, a content frame, or a method not of the channel
                 # class, on an open channel of an open connection goes straight to its channel.
                 channel = channels.get(number)
-                if (channel is not None and self.state == OPEN and not channel.closing
-                        and channel.inbox is None):
+                if (channel is not None and channel.inbox is None and self.writable
+                        and self.out_bytes < OUT_BATCH_BYTES and self.state == OPEN
+                        and not channel.closing):
                     if frame_type == c.FRAME_PUBLISH:
                         channel.handle_publish(*payload)
                         continue
@@ -150,29 +212,43 @@ class Connection(asyncio.Protocol):
                             and frame_type != c.FRAME_HEARTBEAT):
                         channel.handle_frame(frame_type, payload)
                         continue
-                if frame_type == c.FRAME_PUBLISH:
-                    for one_type, one_payload in unfuse(payload):  # type: ignore[arg-type]
-                        self._other_frame(one_type, number, one_payload)
-                else:
-                    self._other_frame(frame_type, number, payload)
+                self._frame(frame_type, number, payload)
         except errors.AMQPError as error:
             self.close_with_error(error)
         except Exception as error:  # a bug must cost this connection only
             log.exception("internal error on connection %s", self.peer)
             self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
+        if self.held_bytes > HOLD_LIMIT and not self.reading_paused:
+            self._update_reading()
+
+    def _frame(self, frame_type: int, number: int, payload: object) -> None:
+        """A frame off the fast path (or held by its channel and processed now)."""
+        channel = self.channels.get(number)
+        if channel is not None and self.state == OPEN and not channel.closing:
+            if (channel.inbox is None and not self.has_room()
+                    and frame_type != c.FRAME_HEARTBEAT
+                    and not (_is_settlement(frame_type, payload) and channel.settlements_pass())):
+                channel.park_until_writable()  # its replies would only pile up
+            if channel.inbox is not None and channel.must_hold(frame_type, payload):
+                channel.hold(frame_type, payload)
+                return
+            if frame_type == c.FRAME_PUBLISH:
+                channel.handle_publish(*payload)  # type: ignore[misc]
+                return
+            if ((frame_type != c.FRAME_METHOD or payload[1] != c.CLASS_CHANNEL)  # type: ignore[index]
+                    and frame_type != c.FRAME_HEARTBEAT):
+                channel.handle_frame(frame_type, payload)  # type: ignore[arg-type]
+                return
+        if frame_type == c.FRAME_PUBLISH:
+            for one_type, one_payload in unfuse(payload):  # type: ignore[arg-type]
+                self._other_frame(one_type, number, one_payload)
+        else:
+            self._other_frame(frame_type, number, payload)  # type: ignore[arg-type]
 
     def replay_frame(self, number: int, frame_type: int, payload: object) -> None:
-        """A frame a parked channel held back, processed now as if it had just arrived."""
+        """A frame its channel held back, processed now as if it had just arrived."""
         try:
-            if frame_type == c.FRAME_PUBLISH:
-                channel = self.channels.get(number)
-                if channel is not None and self.state == OPEN and not channel.closing:
-                    channel.handle_publish(*payload)  # type: ignore[misc]
-                    return
-                for one_type, one_payload in unfuse(payload):  # type: ignore[arg-type]
-                    self._other_frame(one_type, number, one_payload)
-            else:
-                self._other_frame(frame_type, number, payload)  # type: ignore[arg-type]
+            self._frame(frame_type, number, payload)
         except errors.AMQPError as error:
             self.close_with_error(error)
         except Exception as error:  # a bug must cost this connection only
@@ -197,6 +273,11 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self.broker.dispatcher.want_flush(self)
 
+    def has_room(self) -> bool:
+        """Whether more output may be produced now: the socket keeps up and this
+        iteration's message bodies are under OUT_BATCH_BYTES."""
+        return self.writable and self.out_bytes < OUT_BATCH_BYTES
+
     def can_write(self) -> bool:
         """Room for more deliveries: the transport is not paused and this loop iteration's
         output is under OUT_BATCH_PARTS and OUT_BATCH_BYTES (so one busy publisher cannot
@@ -209,9 +290,10 @@ class Connection(asyncio.Protocol):
         return False
 
     def flush(self) -> None:
-        """Write this iteration's output: pending confirms first, then one socket write."""
+        """Write this iteration's output: pending confirms first, then one socket write.
+        Confirms wait while the socket's buffer is full (they coalesce meanwhile)."""
         self._flush_scheduled = False
-        if self._confirm_channels:
+        if self._confirm_channels and self.writable:
             channels, self._confirm_channels = self._confirm_channels, {}
             for channel in channels:
                 if not channel.released:
@@ -229,6 +311,10 @@ class Connection(asyncio.Protocol):
             if self.writable:
                 for channel in self.channels.values():
                     channel.wake_queues()
+        if self._write_waiters and self.writable:  # parked for this iteration's output only
+            waiters, self._write_waiters = self._write_waiters, {}
+            for channel in waiters:
+                channel.on_writable()
 
     def send_method(self, channel: int, method: Method) -> None:
         self.out.append(method_frame(channel, encode_method(method)))
@@ -251,11 +337,15 @@ class Connection(asyncio.Protocol):
         header, rest = buffered[:8], buffered[8:]
         self._header_buffer = b""
         if header != c.PROTOCOL_HEADER:
-            log.info("connection %s sent a bad protocol header %r", self.peer, header)
+            log_about_peer(self.peer, logging.INFO, "connection %s sent a bad protocol header %r",
+                           self.peer, header)
             self._write_now(c.PROTOCOL_HEADER)
             self._close_transport()
             return b""
         self.state = AWAIT_START_OK
+        # Until tune-ok a frame may hold at most 4096 octets (RabbitMQ's limit before
+        # login): an unauthenticated peer cannot make the broker buffer or parse more.
+        self.reader.frame_max = c.FRAME_MIN_SIZE
         self.send_method(
             0,
             commands.Connection.Start(
@@ -286,12 +376,16 @@ class Connection(asyncio.Protocol):
             self._tune_ok(method)
         elif state == AWAIT_OPEN and isinstance(method, commands.Connection.Open):
             self._open(method)
-        elif state == OPEN:
+        elif state == OPEN and isinstance(method, commands.Connection.UpdateSecret):
+            # RabbitMQ's internal (PLAIN) user backend takes any new secret as it comes.
+            log.info("connection %s: user '%s' updated secret, reason: %s",
+                     self.peer, self.username, method.reason)
+            self.send_method(0, commands.Connection.UpdateSecretOk())
+        else:  # before tune-ok this closes silently (close_with_error)
+            state_name = _STATE_NAMES.get(state, "running")
             raise errors.ChannelErrorHard(
-                "unexpected method in connection state running", *ids(method)
+                f"unexpected method in connection state {state_name}", *ids(method)
             )
-        else:
-            raise errors.CommandInvalid(f"unexpected method {method.name} in this state")
 
     def _start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = method.client_properties or {}
@@ -301,15 +395,16 @@ class Connection(asyncio.Protocol):
         credentials = auth.parse_response(mechanism, method.response)
         if credentials is None or not auth.check(self.config.users, *credentials):
             user = credentials[0] if credentials else "?"
-            log.warning(
-                "connection %s: login refused for user '%s' (%s)", self.peer, user, mechanism
-            )
+            reason = f"login refused for user '{user}' ({mechanism})"
             if self.client_capability("authentication_failure_close"):
-                raise errors.ConnectionAccessRefused(
+                log_about_peer(self.peer, logging.WARNING, "connection %s: %s", self.peer, reason)
+                refused = errors.ConnectionAccessRefused(
                     f"Login was refused using authentication mechanism {mechanism}. "
                     "For details see the broker logfile."
                 )
-            self._refuse_silently("login refused")
+                self.close(refused.reply_code, refused.reply_text)
+                return
+            self._refuse_silently(reason)
             return
         self.username = credentials[0]
         self.state = AWAIT_TUNE_OK
@@ -356,9 +451,13 @@ class Connection(asyncio.Protocol):
         log.debug("connection %s opened vhost %s as %s", self.peer, vhost.name, self.username)
 
     def _refuse_silently(self, reason: str) -> None:
-        """Fail the handshake as RabbitMQ does: no frame, the socket closed after a pause."""
-        log.warning("connection %s refused during handshake: %s", self.peer, reason)
+        """Fail the handshake as RabbitMQ does: no frame, the socket closed after a pause;
+        nothing more is read from the peer meanwhile."""
+        log_about_peer(self.peer, logging.WARNING, "connection %s refused during handshake: %s",
+                       self.peer, reason)
         self.state = CLOSING
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_later(self.config.close_timeout, self._abort)
@@ -366,7 +465,8 @@ class Connection(asyncio.Protocol):
     def _handshake_timeout(self) -> None:
         self._timer = None
         if self.state < OPEN:
-            log.info("connection %s: handshake timed out", self.peer)
+            log_about_peer(self.peer, logging.INFO, "connection %s: handshake timed out",
+                           self.peer)
             self._close_transport()
 
     # -- heartbeats ------------------------------------------------------------------------
@@ -375,6 +475,8 @@ class Connection(asyncio.Protocol):
         if self.state >= CLOSED or self.transport is None:
             return
         now = time.monotonic()
+        if self.reading_paused:  # the broker is the one not reading: the monitor waits
+            self.last_received = now
         if now - self.last_received > 2 * self.heartbeat:
             log.warning(
                 "connection %s: missed heartbeats from client, timeout: %ds",
@@ -392,23 +494,33 @@ class Connection(asyncio.Protocol):
     def _channel_frame(self, frame_type: int, number: int, payload: bytes) -> None:
         if frame_type == c.FRAME_HEARTBEAT:
             raise errors.UnexpectedFrame(f"type 8, all octets = {erlang_binary(payload)}")
-        if self.state != OPEN:
-            raise errors.ChannelErrorHard(f"unexpected frame on channel {number} before open")
+        if self.state != OPEN:  # before connection.open (before tune-ok: silently)
+            raise errors.UnexpectedFrame(f"type {frame_type}, {octets(payload)}")
         channel = self.channels.get(number)
-        if channel is not None and channel.inbox is not None:  # parked: in order, later
-            channel.inbox.append((frame_type, payload))
-            return
         if channel is None:
-            if frame_type == c.FRAME_METHOD and method_index(payload) == _CHANNEL_OPEN:
-                if number > self.channel_max:
-                    raise errors.ChannelErrorHard(f"channel number {number} out of range")
+            # As RabbitMQ: any frame on a new channel number takes a channel, so the limit on
+            # open channels (channel_max counts channels, whatever their numbers; one closed
+            # by the server counts until its close-ok) comes first; then the frame must be a
+            # channel.open.
+            opened = len(self.channels)
+            if opened >= self.channel_max:
+                raise errors.NotAllowed(
+                    f"number of channels opened ({opened}) has reached the negotiated "
+                    f"channel_max ({self.channel_max})"
+                )
+            if frame_type != c.FRAME_METHOD:
+                raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+            index = method_index(payload)
+            if index == _CHANNEL_OPEN:
+                decode_method(payload)  # its fields are checked (501) as any method's
                 self.channels[number] = Channel(self, number)
                 self.send_method(number, make(commands.Channel.OpenOk, channel_id=""))
                 return
-            index = method_index(payload) if frame_type == c.FRAME_METHOD else 0
             raise errors.ChannelErrorHard("expected 'channel.open'", index >> 16, index & 0xFFFF)
         if frame_type == c.FRAME_METHOD:
             index = method_index(payload)
+            if index in (_CHANNEL_CLOSE, _CHANNEL_OPEN):
+                decode_method(payload)  # its fields are checked (501) as any method's
             if channel.closing:  # we sent channel.close: only close/close-ok count now
                 if index in (_CHANNEL_CLOSE_OK, _CHANNEL_CLOSE):
                     if index == _CHANNEL_CLOSE:
@@ -450,6 +562,9 @@ class Connection(asyncio.Protocol):
     def close_with_error(self, error: errors.AMQPError) -> None:
         """Send connection.close for ``error`` and wait (bounded) for close-ok."""
         if self.state >= CLOSING:
+            return
+        if self.state < AWAIT_OPEN:  # before tune-ok RabbitMQ answers no error: it hangs up
+            self._refuse_silently(error.reply_text)
             return
         log.info("closing connection %s: %s", self.peer, error.reply_text)
         self.close(error.reply_code, error.reply_text, error.class_id, error.method_id)
@@ -501,24 +616,36 @@ class Connection(asyncio.Protocol):
             self.vhost.connection_closed(self)
 
     # -- flow control ----------------------------------------------------------------------
-    def throttle(self, queue: Queue) -> None:
-        """Stop reading from this publisher until ``queue`` has drained (credit-flow-like)."""
-        if queue not in self._throttled_by:
-            self._throttled_by.add(queue)
-            queue.throttled.add(self)
+    # Publishers are slowed per channel (see Channel.must_hold): a throttled channel's
+    # publishes wait in its inbox while everything else keeps flowing. The socket stops being
+    # read only when held frames pass HOLD_LIMIT (or an alarm blocks a publisher) and this
+    # connection holds no unacknowledged delivery: then nothing it could send would drain a
+    # queue, so pausing cannot deadlock a consumer on the same connection. Past
+    # HOLD_HARD_LIMIT reading stops regardless. While reading is paused the heartbeat
+    # monitor is suspended (the broker, not the client, is the one not reading).
+
+    def held(self, delta: int) -> None:
+        """A channel held (or let go of) ``delta`` bytes of frames."""
+        before = self.held_bytes
+        self.held_bytes = before + delta
+        if (before <= HOLD_LIMIT) != (self.held_bytes <= HOLD_LIMIT) or (
+                self.held_bytes > HOLD_HARD_LIMIT):
             self._update_reading()
 
-    def unthrottle(self, queue: Queue) -> None:
-        self._throttled_by.discard(queue)
-        self._update_reading()
+    def delivery_unacked(self) -> None:
+        """A delivery now awaits this client's ack: read it, so the ack can arrive."""
+        if self.reading_paused:
+            self._update_reading()
 
     def block(self, reason: str) -> None:
-        """connection.blocked: tell the client (if it understands) and stop reading publishes."""
+        """connection.blocked: tell the client (if it understands) and hold its publishes."""
         if self.blocked_reason is not None:
             return
         self.blocked_reason = reason
         if self.client_capability("connection.blocked"):
             self.send_method(0, make(commands.Connection.Blocked, reason=reason))
+        for channel in self.channels.values():
+            channel.alarm_changed()
         self._update_reading()
 
     def unblock(self) -> None:
@@ -527,6 +654,8 @@ class Connection(asyncio.Protocol):
         self.blocked_reason = None
         if self.client_capability("connection.blocked"):
             self.send_method(0, commands.Connection.Unblocked())
+        for channel in self.channels.values():
+            channel.alarm_changed()
         self._update_reading()
 
     def started_publishing(self) -> None:
@@ -534,17 +663,30 @@ class Connection(asyncio.Protocol):
         self.has_published = True
         self._update_reading()
 
+    def _holds_deliveries(self) -> bool:
+        return any(channel.unacked for channel in self.channels.values())
+
     def _update_reading(self) -> None:
-        """Read from the socket unless throttled or blocked by an alarm (publishers only)."""
+        """Read from the socket unless it is safe and useful to stop (see above)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        paused = bool(self._throttled_by) or (
-            self.blocked_reason is not None and self.has_published
-        )
-        if paused != self._reading_paused:
-            self._reading_paused = paused
+        held = self.held_bytes
+        paused = (held > HOLD_LIMIT or (self.blocked_reason is not None and self.has_published)
+                  ) and not self._holds_deliveries()
+        if held > HOLD_HARD_LIMIT:
+            if not self._hard_limit_logged:
+                self._hard_limit_logged = True
+                log.warning("connection %s: %d bytes held while its publishes wait; "
+                            "reading paused", self.peer, held)
+            paused = True
+        if paused != self.reading_paused:
+            self.reading_paused = paused
             if paused:
                 transport.pause_reading()
             else:
                 transport.resume_reading()
+
+
+def _is_settlement(frame_type: int, payload: object) -> bool:
+    return frame_type == c.FRAME_METHOD and method_index(payload) in _SETTLEMENTS  # type: ignore[arg-type]

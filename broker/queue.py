@@ -24,6 +24,7 @@ from broker.store.records import CorruptRecord
 from protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
+    from broker.channel import Channel
     from broker.connection import Connection
     from broker.consumer import Consumer
     from broker.exchange import Exchange
@@ -103,7 +104,7 @@ class Queue:
         # messages and resume at flow_low, so consumers catch up and memory stays bounded.
         self.flow_high = FLOW_HIGH
         self.flow_low = FLOW_LOW
-        self.throttled: set[Connection] = set()
+        self.throttled: set[Channel] = set()  # channels whose publishes wait for this queue
         self.backlogged = False  # past flow_high with consumers: publishers should wait
         self.deleted = False
         self._dispatcher = vhost.dispatcher
@@ -558,11 +559,11 @@ class Queue:
         return bool(ready) and delivered >= budget
 
     def release_publishers(self) -> None:
-        """Resume reading from connections paused because this queue was too long."""
+        """Let the channels whose publishes waited for this queue go on."""
         self.backlogged = False
         throttled, self.throttled = self.throttled, set()
-        for connection in throttled:
-            connection.unthrottle(self)
+        for channel in throttled:
+            channel.unthrottle(self)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} ready={len(self.ready)} consumers={len(self.consumers)}>"

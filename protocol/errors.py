@@ -28,7 +28,9 @@ class AMQPError(Exception):
     @property
     def reply_text(self) -> str:
         text = f"{self.reply_name} - {self.detail}" if self.detail else self.reply_name
-        encoded = text.encode("utf-8")
+        # Names that were not UTF-8 on the wire are carried as surrogate escapes and go
+        # back out as the bytes they were (protocol.methods.shortstr).
+        encoded = text.encode("utf-8", "surrogateescape")
         if len(encoded) > 255:  # a shortstr; RabbitMQ truncates too
             text = encoded[:255].decode("utf-8", "ignore")
         return text

@@ -32,7 +32,8 @@ _pack_hdr = _HDR.pack
 
 
 class Publish:
-    """A decoded basic.publish: names as text, plus the raw ``exchange + routing_key`` bytes."""
+    """A decoded basic.publish: names as text (bytes that are not UTF-8 as surrogate escapes),
+    plus the raw ``exchange + routing_key`` bytes."""
 
     __slots__ = ("exchange", "immediate", "mandatory", "route_raw", "routing_key")
 
@@ -56,8 +57,14 @@ def decode_publish(payload: bytes) -> Publish:
         bits = payload[end]
         exchange = payload[7:rk_at].decode("utf-8")
         routing_key = payload[rk_at + 1 : end].decode("utf-8")
-    except (IndexError, UnicodeDecodeError) as error:
+    except IndexError as error:
         raise SyntaxError_("malformed basic.publish", class_id=60, method_id=40) from error
+    except UnicodeDecodeError:
+        # Names are bytes to RabbitMQ: one that is not UTF-8 is kept as surrogate escapes
+        # (no queue or exchange can have such a name; the message is routed, returned and
+        # delivered with its key as sent, and error texts show the name as sent).
+        exchange = payload[7:rk_at].decode("utf-8", "surrogateescape")
+        routing_key = payload[rk_at + 1 : end].decode("utf-8", "surrogateescape")
     return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[6:end])
 
 
@@ -89,8 +96,9 @@ def decode_reject(payload: bytes) -> tuple[int, bool]:
 
 
 def shortstr(value: str) -> bytes:
-    """Encode text as a shortstr (length byte + UTF-8)."""
-    raw = value.encode("utf-8")
+    """Encode text as a shortstr (length byte + UTF-8; surrogate escapes as the bytes they
+    stand for)."""
+    raw = value.encode("utf-8", "surrogateescape")
     return bytes((len(raw),)) + raw
 
 

@@ -19,7 +19,15 @@ from protocol.errors import FrameError
 _FRAME_HEADER = struct.Struct(">BHI")
 _pack_header = _FRAME_HEADER.pack
 _unpack_header = _FRAME_HEADER.unpack_from
-_VALID_TYPES = frozenset({c.FRAME_METHOD, c.FRAME_HEADER, c.FRAME_BODY, c.FRAME_HEARTBEAT})
+# The smallest payload of each frame type (RabbitMQ's ``analyze_frame``): a method holds its
+# class and method ids, a content header its class, weight and body size. Any other type
+# (heartbeats included) takes the slow check; a heartbeat must be empty.
+_NEVER = 1 << 40
+_MIN_PAYLOAD = tuple(
+    {c.FRAME_METHOD: 4, c.FRAME_HEADER: 12, c.FRAME_BODY: 0}.get(kind, _NEVER)
+    for kind in range(256)
+)
+_HEARTBEAT = c.FRAME_HEARTBEAT
 _PUBLISH_ID = c.BASIC_PUBLISH.to_bytes(4, "big")
 _CONTENT_START = struct.Struct(">BHI4xQ")  # a header frame's header, up to the body size
 _unpack_content_start = _CONTENT_START.unpack_from
@@ -34,17 +42,23 @@ PublishPayload = tuple[bytes, bytes, bytes | None]
 class FrameReader:
     """Splits a byte stream into AMQP frames.
 
-    ``frame_max`` is the largest frame the peer may send; a bigger frame, an unknown frame
-    type or a missing end byte raises ``FrameError``. Each payload is one slice (one copy)
-    of the received bytes; only an incomplete frame at the end is kept for the next call.
+    ``frame_max`` is the largest frame payload the peer may send. A bigger frame or a
+    missing end byte raises ``FrameError`` and the reader has lost sync with the stream: it
+    drops what it holds and ignores everything fed after (as RabbitMQ stops reading). A
+    complete frame of an unknown type, a non-empty heartbeat, or a method or content header
+    too short for its fixed fields raises ``FrameError`` too (RabbitMQ's ``unknown_frame``),
+    but the frames after it can still be read (a connection.close-ok, say). Each payload is
+    one slice (one copy) of the received bytes; only an incomplete frame at the end is kept
+    for the next call.
     """
 
-    __slots__ = ("_buffer", "frame_max", "fuse_publish")
+    __slots__ = ("_buffer", "failed", "frame_max", "fuse_publish")
 
     def __init__(self, frame_max: int = c.FRAME_MIN_SIZE, fuse_publish: bool = False) -> None:
         self._buffer = b""
         self.frame_max = frame_max
         self.fuse_publish = fuse_publish
+        self.failed = False  # lost sync after a fatal frame error: input is ignored
 
     @property
     def pending(self) -> int:
@@ -53,16 +67,20 @@ class FrameReader:
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Add ``data`` and yield each complete frame now available, in order."""
+        if self.failed:
+            return
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
         offset = 0
         end = len(data)
         header_size = c.FRAME_HEADER_SIZE
+        min_payload = _MIN_PAYLOAD
         try:
             while end - offset >= header_size:
                 frame_type, channel, size = _unpack_header(data, offset)
                 if size > self.frame_max:  # RabbitMQ lets the 8 bytes of framing slip
+                    self._fail()
                     raise FrameError(
                         f"type {frame_type}, all octets = <<>>: "
                         f"{{frame_too_large,{size},{self.frame_max - c.FRAME_OVERHEAD}}}"
@@ -72,16 +90,15 @@ class FrameReader:
                 if frame_end >= end:
                     break
                 if data[frame_end] != c.FRAME_END:
+                    self._fail()
                     raise FrameError(
-                        f"type {frame_type}, all octets = {erlang_binary(data[start:frame_end])}: "
+                        f"type {frame_type}, {octets(data[start:frame_end])}: "
                         f"{{invalid_frame_end_marker,{data[frame_end]}}}"
                     )
                 payload = data[start:frame_end]
-                if frame_type not in _VALID_TYPES or (frame_type == c.FRAME_HEARTBEAT and size):
-                    raise FrameError(
-                        f"type {frame_type}, all octets = {erlang_binary(payload)}: unknown_frame"
-                    )
                 offset = frame_end + 1
+                if size < min_payload[frame_type] and (frame_type != _HEARTBEAT or size):
+                    raise FrameError(f"type {frame_type}, {octets(payload)}: unknown_frame")
                 if frame_type == c.FRAME_METHOD and self.fuse_publish and (
                         payload.startswith(_PUBLISH_ID)):
                     fused = self._content_after(data, offset, end, channel)
@@ -91,8 +108,13 @@ class FrameReader:
                         continue
                 yield frame_type, channel, payload
         finally:
-            if offset < end:
+            if offset < end and not self.failed:
                 self._buffer = data[offset:] if offset else data
+
+    def _fail(self) -> None:
+        """Lost sync with the stream: nothing more can be read from it."""
+        self.failed = True
+        self._buffer = b""
 
     def _content_after(
         self, data: bytes, offset: int, end: int, channel: int
@@ -133,12 +155,32 @@ def unfuse(payload: PublishPayload) -> list[tuple[int, bytes]]:
     return frames
 
 
+# How Erlang's ~p writes each byte of a printable (Latin-1) binary: escapes for the control
+# characters it accepts, and bytes 160-255 as themselves (as surrogate escapes here, so the
+# reply text carries the raw byte when encoded with "surrogateescape", as RabbitMQ's does).
+_ERLANG_CHAR: dict[int, str] = {
+    **{b: chr(b) for b in range(32, 127)},
+    **{b: chr(0xDC00 + b) for b in range(160, 256)},
+    8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r", 27: "\\e",
+    34: '\\"', 92: "\\\\",
+}
+
+
 def erlang_binary(data: bytes, limit: int = 64) -> str:
     """Bytes written the way RabbitMQ's error texts show them: <<"text">> or <<1,2,3>>."""
     data = data[:limit]
-    if data and all(32 <= b < 127 and b not in (34, 92) for b in data):
-        return f'<<"{data.decode()}">>'
+    chars = _ERLANG_CHAR
+    if data and all(b in chars for b in data):
+        return '<<"' + "".join(chars[b] for b in data) + '">>'
     return "<<" + ",".join(str(b) for b in data) + ">>"
+
+
+def octets(payload: bytes) -> str:
+    """RabbitMQ's ``all octets = <<...>>``, or ``first 16 octets = <<...>>`` for a longer
+    payload, in frame error texts."""
+    if len(payload) <= 16:
+        return f"all octets = {erlang_binary(payload)}"
+    return f"first 16 octets = {erlang_binary(payload[:16])}"
 
 
 def method_frame(channel: int, payload: bytes) -> bytes:

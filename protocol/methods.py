@@ -1,8 +1,16 @@
 """Method frame codecs built on pamqp.
 
-Decoding uses pamqp's classes as they are. Encoding bypasses pamqp's ``validate()``: its
-name checks reject names RabbitMQ accepts (any UTF-8 up to 255 bytes, such as ``a*b`` or
-``ünï``), so replies carrying such names are encoded here with pamqp's own field encoders.
+Decoding fills pamqp's classes with the values pamqp would give them, but with its own
+field decoder, which reads RabbitMQ's way: a shortstr that is not UTF-8 is
+``FRAME_ERROR - Malformed UTF-8 in shortstr`` (except in basic.publish, whose names are
+bytes to RabbitMQ: they are decoded with "surrogateescape" and go out as they came), a field
+that runs past the payload is ``cannot decode``, and field tables are decoded by
+``protocol.validate.decode_table``, without recursion, so any depth a frame can hold works.
+
+Encoding bypasses pamqp's ``validate()``: its name checks reject names RabbitMQ accepts (any
+UTF-8 up to 255 bytes, such as ``a*b`` or ``ünï``), so replies carrying such names are encoded
+here with pamqp's own field encoders. Text is encoded with "surrogateescape", so a name
+decoded that way is written back byte for byte.
 """
 
 from __future__ import annotations
@@ -12,19 +20,86 @@ from typing import Any
 
 from pamqp import base, commands, encode
 
-from protocol.errors import CommandInvalid, FrameError
-from protocol.framing import erlang_binary, method_frame
+from protocol import constants as c
+from protocol.errors import CommandInvalid, FrameError, SyntaxError_
+from protocol.framing import erlang_binary, method_frame, octets
+from protocol.validate import decode_table
 
 _METHOD_INDEX = struct.Struct(">I")
+_FIXED = {"octet": struct.Struct(">B"), "short": struct.Struct(">H"),
+          "long": struct.Struct(">I"), "longlong": struct.Struct(">q")}  # as pamqp
 
 Method = base.Frame
 
 
 def method_index(payload: bytes) -> int:
     """The 32-bit (class_id << 16 | method_id) index at the start of a method payload."""
-    if len(payload) < 4:
-        raise FrameError("method frame too short")
+    if len(payload) < 4:  # the frame reader refuses these already
+        raise FrameError(f"type {c.FRAME_METHOD}, {octets(payload)}: unknown_frame")
     return _METHOD_INDEX.unpack_from(payload)[0]
+
+
+class _MalformedUTF8(Exception):
+    """A shortstr that is not UTF-8 (outside basic.publish)."""
+
+
+# Per method class: its fields as (name, AMQP type), and how its shortstrs decode.
+_LAYOUTS: dict[type[Method], tuple[tuple[tuple[str, str], ...], str]] = {}
+
+
+def _layout(cls: type[Method]) -> tuple[tuple[tuple[str, str], ...], str]:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        fields = tuple((name, cls.amqp_type(name)) for name in cls.__slots__)
+        errors = "surrogateescape" if cls.index == c.BASIC_PUBLISH else "strict"
+        layout = _LAYOUTS[cls] = (fields, errors)
+    return layout
+
+
+def _unmarshal(method: Method, payload: bytes) -> None:
+    """Set ``method``'s fields from ``payload`` (index included), as pamqp's ``unmarshal``
+    would, in one pass over offsets. Raises IndexError, struct.error, SyntaxError_ (a
+    malformed table) or _MalformedUTF8."""
+    fields, text_errors = _layout(type(method))
+    at = 4
+    size = len(payload)
+    bit = 8  # the next bit in the current bit octet; 8: none started
+    for name, kind in fields:
+        if kind == "bit":
+            if bit == 8:
+                octet = payload[at]
+                at += 1
+                bit = 0
+            setattr(method, name, bool(octet & (1 << bit)))
+            bit += 1
+            continue
+        bit = 8
+        if kind == "shortstr":
+            start = at + 1
+            at = start + payload[start - 1]
+            if at > size:
+                raise IndexError("shortstr runs past the end of the payload")
+            try:
+                value = payload[start:at].decode("utf-8", text_errors)
+            except UnicodeDecodeError:
+                raise _MalformedUTF8 from None
+        elif kind == "table":
+            value, at = decode_table(payload, at)
+        elif kind == "longstr":
+            start = at + 4
+            at = start + _METHOD_INDEX.unpack_from(payload, at)[0]
+            if at > size:
+                raise IndexError("longstr runs past the end of the payload")
+            raw = payload[start:at]
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                value = raw  # as pamqp: a longstr is bytes unless it is UTF-8
+        else:
+            unpack = _FIXED[kind]
+            value = unpack.unpack_from(payload, at)[0]
+            at += unpack.size
+        setattr(method, name, value)
 
 
 def decode_method(payload: bytes) -> Method:
@@ -35,8 +110,10 @@ def decode_method(payload: bytes) -> Method:
         raise CommandInvalid(f"unknown method class {index >> 16} method {index & 0xFFFF}")
     method = cls.__new__(cls)
     try:
-        method.unmarshal(payload[4:])
-    except (struct.error, ValueError, TypeError, IndexError) as error:
+        _unmarshal(method, payload)
+    except _MalformedUTF8:
+        raise FrameError("Malformed UTF-8 in shortstr") from None
+    except (struct.error, IndexError, SyntaxError_) as error:
         raise FrameError(
             f"cannot decode {erlang_binary(payload[4:])}",
             class_id=index >> 16,
@@ -95,7 +172,7 @@ def encode_method(method: Method) -> bytes:
 
 def shortstr(value: str | bytes | None) -> bytes:
     """Encode a shortstr from text or raw bytes; longer than 255 bytes is a caller's bug."""
-    raw = value.encode("utf-8") if isinstance(value, str) else (value or b"")
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else (value or b"")
     if len(raw) > 255:
         raise ValueError("shortstr longer than 255 bytes")
     return bytes((len(raw),)) + raw
