@@ -215,9 +215,8 @@ class Connection(asyncio.Protocol):
                 self._frame(frame_type, number, payload)
         except errors.AMQPError as error:
             self.close_with_error(error)
-        except Exception as error:  # a bug must cost this connection only
-            log.exception("internal error on connection %s", self.peer)
-            self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
+        except Exception as error:
+            self._internal_error(error)
         if self.held_bytes > HOLD_LIMIT and not self.reading_paused:
             self._update_reading()
 
@@ -251,9 +250,13 @@ class Connection(asyncio.Protocol):
             self._frame(frame_type, number, payload)
         except errors.AMQPError as error:
             self.close_with_error(error)
-        except Exception as error:  # a bug must cost this connection only
-            log.exception("internal error on connection %s", self.peer)
-            self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
+        except Exception as error:
+            self._internal_error(error)
+
+    def _internal_error(self, error: Exception) -> None:
+        """A bug must cost this connection only: log it and close with 541."""
+        log.exception("internal error on connection %s", self.peer)
+        self.close_with_error(errors.InternalError(f"{type(error).__name__}: {error}"))
 
     def _other_frame(self, frame_type: int, number: int, payload: bytes) -> None:
         """A frame off the fast path: while closing, on channel 0, or channel open/close."""

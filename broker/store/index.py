@@ -13,7 +13,7 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from broker.store.records import OFFSET_MASK, SEGMENT_SHIFT, QueueKey
+from broker.store.records import SEGMENT_SHIFT, QueueKey
 
 
 @dataclass(eq=False)
@@ -110,15 +110,3 @@ class Index:
             found.live_bytes -= found.sizes[ordinal]
             found.kill_ticket = ticket
         return True
-
-    def is_live(self, msg_id: int) -> bool:
-        located = self.locate(msg_id)
-        return located is not None and located[0].refs[located[1]] > 0
-
-
-def segment_of(msg_id: int) -> int:
-    return msg_id >> SEGMENT_SHIFT
-
-
-def offset_in_segment(msg_id: int) -> int:
-    return msg_id & OFFSET_MASK
