@@ -19,6 +19,7 @@ from broker import direct_reply
 from broker.handlers import HANDLERS
 from broker.message import Entry, Message, header_shape, parse_expiration
 from broker.publish import Routed, complete, route
+from broker.publish import publish as deliver_publish
 from broker.queue import quorum_header
 from protocol import constants as c
 from protocol import errors, fastpath
@@ -308,32 +309,35 @@ class Channel:
         message = Message(publish.route_raw, header, body, *(shape or ()))
         if self._ttl is not None:
             message.ttl, self._ttl = self._ttl, None
-        routed = route(self.vhost, exchange, message, routing_key=publish.routing_key)
         if self.tx_mode:  # routed now, delivered at commit (as RabbitMQ does)
-            self.tx_publishes.append((exchange, routed, publish.mandatory))
+            self.tx_publishes.append(
+                (exchange, route(self.vhost, exchange, message, routing_key=publish.routing_key),
+                 publish.mandatory))
             return
-        self.complete(exchange, routed, publish.mandatory)
+        self._published(
+            message, publish.mandatory,
+            *deliver_publish(self.vhost, exchange, message, routing_key=publish.routing_key))
 
-    def complete(self, exchange: Exchange, routed: Routed, mandatory: bool) -> None:
-        """Deliver a routed publish; return it if mandatory and unroutable; confirm it once
-        everything it caused is durable."""
-        outcome = complete(self.vhost, exchange, routed)
-        for queue in routed.queues:
+    def _published(self, message: Message, mandatory: bool, routed: bool, refused: bool,
+                   ticket: int, queues: list[Queue]) -> None:
+        """After a publish went its way: throttle on backlogged queues, return it if it was
+        mandatory and unroutable, confirm it once everything it caused is durable."""
+        for queue in queues:
             if queue.backlogged:  # flow control: hold this channel's next publishes
                 self.throttle(queue)
-        if not outcome.routed and mandatory:
-            self.send_return(c.NO_ROUTE, "NO_ROUTE", routed.message)
+        if not routed and mandatory:
+            self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
             if not self.connection.has_room():
                 self.park_until_writable()  # returns pile up: wait for the client to read
         if self.confirm_mode:
             seq = self.publish_seq = self.publish_seq + 1
-            if outcome.refused:
+            if refused:
                 self._confirm_nacks.append(seq)
             store = self.vhost.store
-            if outcome.ticket and store is not None and outcome.ticket > store.durable:
+            if ticket and store is not None and ticket > store.durable:
                 if not self._pending:
                     store.watch(self)
-                self._pending.append((seq, outcome.ticket))  # confirmed once on disk
+                self._pending.append((seq, ticket))  # confirmed once on disk
             else:
                 if self._pending:  # earlier publishes still wait: answer this one alone
                     self._ahead.append(seq)
@@ -673,7 +677,8 @@ class Channel:
         publishes, self.tx_publishes = self.tx_publishes, []
         settlements, self.tx_settlements = self.tx_settlements, []
         for exchange, routed, mandatory in publishes:
-            self.complete(exchange, routed, mandatory)
+            self._published(routed.message, mandatory,
+                            *complete(self.vhost, exchange, routed))
         for settled, requeue in settlements:
             self._settle([delivery for _tag, delivery in settled], requeue)
 

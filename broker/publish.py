@@ -27,60 +27,74 @@ Moved = list[tuple["QueueKey", int]] | tuple
 
 
 class Routed(NamedTuple):
-    """Where a publish goes, decided when it is published."""
+    """Where a transaction's publish goes, decided when it is published."""
 
     message: Message  # as it will be enqueued (a BCC header removed)
     queues: list[Queue]
     held: bool  # a delayed-message exchange holds it instead
 
 
-class Outcome(NamedTuple):
-    """What became of a publish."""
+Outcome = tuple[bool, bool, int, "list[Queue]"]
+"""What became of a publish: (routed, refused, ticket, queues). ``routed``: it reached a
+queue or a delayed exchange holds it; ``refused``: some queue refused it (x-overflow
+reject-publish: nack it); ``ticket``: the store ticket covering everything it caused (0:
+nothing written); ``queues``: those it reached. A plain tuple: this is the per-message path."""
 
-    routed: bool  # reached a queue (or was held by a delayed exchange)
-    refused: bool  # some queue refused it (x-overflow reject-publish): nack it
-    ticket: int  # the store ticket covering it (0: nothing written)
 
-
-def route(vhost: VirtualHost, exchange: Exchange, message: Message, *,
-          routing_key: str | None = None, hold: bool = True) -> Routed:
-    """The queues ``message`` reaches from ``exchange`` now.
+def publish(vhost: VirtualHost, exchange: Exchange, message: Message, *,
+            routing_key: str | None = None, moved: Moved = (), hold: bool = True) -> Outcome:
+    """Route ``message`` from ``exchange`` and deliver it to every queue it reaches.
 
     CC/BCC headers add routing keys (a bad one is a 406 here, before anything happens); a
     delayed-message exchange holds a message with an ``x-delay`` unless ``hold`` is false.
     """
+    store = vhost.store
+    mark = store.issued if store is not None else 0
     selected = message
     extra_keys = None
     if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
         selected, extra_keys = sender_selected(message)
     if hold and exchange.delayed and vhost.delayed.would_hold(message):
-        return Routed(message, [], True)  # held with its CC/BCC headers, routed when due
+        vhost.delayed.hold(exchange, message, moved)  # with its CC/BCC: routed when due
+        routed, refused, queues = True, False, _NONE
+    else:
+        queues = vhost.route(exchange, selected, extra_keys, routing_key)
+        routed = bool(queues)
+        refused = deliver(vhost, queues, selected, moved) if routed else release(vhost, moved)
+    ticket = store.issued if store is not None and store.issued != mark else 0
+    return routed, refused, ticket, queues
+
+
+def route(vhost: VirtualHost, exchange: Exchange, message: Message, *,
+          routing_key: str | None = None) -> Routed:
+    """A transaction's publish: the queues it reaches now (delivered at tx.commit, as
+    RabbitMQ routes a transaction's publishes when they are published)."""
+    selected = message
+    extra_keys = None
+    if message.flags & fastpath.FLAG_HEADERS and b"CC" in message.header:
+        selected, extra_keys = sender_selected(message)  # a bad CC/BCC: 406 at publish
+    if exchange.delayed and vhost.delayed.would_hold(message):
+        return Routed(message, [], True)
     return Routed(selected, vhost.route(exchange, selected, extra_keys, routing_key), False)
 
 
-def publish(vhost: VirtualHost, exchange: Exchange, message: Message, *,
-            routing_key: str | None = None, moved: Moved = (), hold: bool = True) -> Outcome:
-    """Route ``message`` from ``exchange`` and deliver it to every queue it reaches."""
-    return complete(vhost, exchange,
-                    route(vhost, exchange, message, routing_key=routing_key, hold=hold), moved)
-
-
-def complete(vhost: VirtualHost, exchange: Exchange, routed: Routed,
-             moved: Moved = ()) -> Outcome:
-    """Deliver a routed publish (at once, or at tx.commit: queues deleted since are
-    skipped, as RabbitMQ routes a transaction's publishes when they are published)."""
+def complete(vhost: VirtualHost, exchange: Exchange, routed: Routed) -> Outcome:
+    """Deliver a transaction's publish at commit; queues deleted since are skipped."""
     store = vhost.store
     mark = store.issued if store is not None else 0
+    queues: list[Queue] = _NONE
     if routed.held:
-        vhost.delayed.hold(exchange, routed.message, moved)
+        vhost.delayed.hold(exchange, routed.message)
         delivered, refused = True, False
     else:
         queues = [queue for queue in routed.queues if not queue.deleted]
         delivered = bool(queues)
-        refused = deliver(vhost, queues, routed.message, moved) if queues else release(
-            vhost, moved)
+        refused = deliver(vhost, queues, routed.message) if delivered else False
     ticket = store.issued if store is not None and store.issued != mark else 0
-    return Outcome(delivered, refused, ticket)
+    return delivered, refused, ticket, queues
+
+
+_NONE: list[Queue] = []
 
 
 def deliver(vhost: VirtualHost, queues: list[Queue], message: Message,
