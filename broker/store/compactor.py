@@ -18,6 +18,7 @@ Disk use thus stays below about twice the live data plus the segment being writt
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 from array import array
@@ -113,7 +114,8 @@ class Compactor:
         loop = self.store.loop
 
         def finished(done: concurrent.futures.Future) -> None:
-            loop.call_soon_threadsafe(self._finished, done, then)
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(self._finished, done, then)
 
         future.add_done_callback(finished)
 

@@ -20,6 +20,7 @@ Compaction (``compactor``) keeps disk use near the live data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import heapq
 import itertools
@@ -373,10 +374,12 @@ class MessageStore:
 
     # -- the writer's reports (on the event loop) -----------------------------------------
     def _done_from_thread(self, ticket: int, sizes: dict[Path, int]) -> None:
-        self.loop.call_soon_threadsafe(self._done, ticket, sizes)
+        with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+            self.loop.call_soon_threadsafe(self._done, ticket, sizes)
 
     def _failed_from_thread(self, durable: int, error: OSError) -> None:
-        self.loop.call_soon_threadsafe(self._write_failed, durable, error)
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._write_failed, durable, error)
 
     def _done(self, ticket: int, sizes: dict[Path, int]) -> None:
         if ticket > self.durable:
