@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WRITE_CHUNK = 1024 * 1024
+RETRY_DELAY = 30  # seconds after a failed compaction job
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Compactor:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="leveret-compact")
         self.busy = False
+        self._resume_at = 0.0  # after a failed job, the next waits a while
         self.merges = 0
         self.deleted_files = 0
         self.lost_records = 0
@@ -87,7 +89,7 @@ class Compactor:
         """Start the next compaction job if one is due (cheap: a pass over the files);
         ``force`` merges the sealed files whatever their garbage (tests)."""
         store = self.store
-        if self.busy or store.closing:
+        if self.busy or store.closing or store.loop.time() < self._resume_at:
             return
         index = store.index
         # Only files the writer has finished with: it already wrote into a later segment.
@@ -123,8 +125,8 @@ class Compactor:
         self.busy = False
         error = done.exception()
         if error is not None:
-            log.error("store compaction failed (%s); will try again later", error)
-            self.store.compaction_failed()
+            log.error("store compaction failed (%s); trying again in %ds", error, RETRY_DELAY)
+            self._resume_at = self.store.loop.time() + RETRY_DELAY
             return
         then(done.result())
         self.check()

@@ -428,9 +428,6 @@ class MessageStore:
         if self.writer is not None and self.failed:
             self.writer.retry()
 
-    def compaction_failed(self) -> None:
-        """A compaction job failed (it is tried again after the next durable step)."""
-
     def forget_file(self, number: int) -> None:
         """A dead segment file is about to be deleted: drop it from the index."""
         self.index.files.pop(number, None)
