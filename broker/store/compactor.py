@@ -110,26 +110,32 @@ class Compactor:
         if force or garbage > max(live, store.segment_limit):
             self._merge(sealed)
 
-    def _run(self, work: Callable[[], object], then: Callable[[object], None]) -> None:
+    def _run(self, work: Callable[[], object], then: Callable[[object], None],
+             last: bool = True) -> None:
+        """Run ``work`` in the thread, then ``then(result)`` on the loop. The compactor
+        stays busy until the ``last`` phase of a job has finished."""
         self.busy = True
         future = self._executor.submit(work)
         loop = self.store.loop
 
         def finished(done: concurrent.futures.Future) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
-                loop.call_soon_threadsafe(self._finished, done, then)
+                loop.call_soon_threadsafe(self._finished, done, then, last)
 
         future.add_done_callback(finished)
 
-    def _finished(self, done: concurrent.futures.Future, then: Callable[[object], None]) -> None:
-        self.busy = False
+    def _finished(self, done: concurrent.futures.Future, then: Callable[[object], None],
+                  last: bool) -> None:
         error = done.exception()
         if error is not None:
+            self.busy = False
             log.error("store compaction failed (%s); trying again in %ds", error, RETRY_DELAY)
             self._resume_at = self.store.loop.time() + RETRY_DELAY
             return
         then(done.result())
-        self.check()
+        if last:
+            self.busy = False
+            self.check()
 
     # -- deleting dead files at the front ---------------------------------------------------
     def _delete(self, numbers: list[int]) -> None:
@@ -172,11 +178,13 @@ class Compactor:
         directory = store.segment_dir
         self._run(lambda: _write_merged(directory, plan),
                   lambda kept: store.when_durable(plan.ticket,
-                                                  lambda: self._commit(plan, kept)))  # type: ignore[arg-type]
+                                                  lambda: self._commit(plan, kept)),  # type: ignore[arg-type]
+                  last=False)  # busy until the merged file is in place
 
     def _commit(self, plan: _Plan, written: tuple[list[_Kept], int, int]) -> None:
         """Everything the merge reflects is durable: put the merged file in place."""
         if self.store.closing:
+            self.busy = False
             return
         directory = self.store.segment_dir
 
