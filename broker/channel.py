@@ -90,6 +90,9 @@ class Channel:
         self._deadlines: dict[int, float] = {}  # tag -> deadline, for timed consumers
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._timed_out_tags: set[int] = set()
+        # set during this channel's own queue.delete: basic.cancel for its consumers of the
+        # deleted queue is held and sent after delete-ok, as RabbitMQ does
+        self.deferred_cancels: list[Consumer] | None = None
         self.consumers: dict[str, Consumer] = {}
         self.prefetch_count = 0  # basic.qos global=false: per consumer
         self.global_prefetch = 0  # basic.qos global=true: shared by the channel
@@ -598,14 +601,17 @@ class Channel:
         self._timed_out_tags.update(tags)
         self.remove_consumer(consumer)
         self._settle(deliveries, requeue=True)
-        self._notify_cancel(consumer)
+        self.notify_cancel(consumer)
 
     def cancel_by_server(self, consumer: Consumer) -> None:
         """The queue went away: drop the consumer and tell the client if it understands."""
         self.consumers.pop(consumer.tag, None)
-        self._notify_cancel(consumer)
+        self.notify_cancel(consumer)
 
-    def _notify_cancel(self, consumer: Consumer) -> None:
+    def notify_cancel(self, consumer: Consumer) -> None:
+        if self.deferred_cancels is not None:  # this channel's queue.delete: after delete-ok
+            self.deferred_cancels.append(consumer)
+            return
         if self.connection.client_capability("consumer_cancel_notify") and not self.closing:
             self.connection.send_method(
                 self.number, make(commands.Basic.Cancel, consumer_tag=consumer.tag, nowait=True)
@@ -727,16 +733,23 @@ class Channel:
         store = self.vhost.store
         return store.issued if store is not None else 0
 
-    def reply(self, method: Method, mark: int) -> None:
+    def reply(self, method: Method, mark: int,
+              then: Callable[[], None] | None = None) -> None:
         """Send ``method`` once everything written to the store since ``mark`` is durable
-        (a durable declare, bind or delete, a commit); meanwhile the channel is parked."""
+        (a durable declare, bind or delete, a commit); meanwhile the channel is parked.
+        ``then`` runs right after the reply is written (frames that must follow it)."""
         store = self.vhost.store
-        if store is None or store.issued == mark or store.issued <= store.durable:
+
+        def send() -> None:
             self.connection.send_method(self.number, method)
+            if then is not None:
+                then()
+
+        if store is None or store.issued == mark or store.issued <= store.durable:
+            send()
             return
         self._park()
-        store.when_durable(store.issued, lambda: self._unpark(
-            lambda: self.connection.send_method(self.number, method)))
+        store.when_durable(store.issued, lambda: self._unpark(send))
 
     def park_until_writable(self) -> None:
         """The socket's buffer is full: process nothing more until it has drained."""

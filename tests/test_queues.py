@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import amqp
 import pika
 import pytest
+from conftest import BrokerAddress
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 from pika_helpers import (
@@ -560,3 +562,30 @@ def test_delete_cancels_consumers_with_basic_cancel(broker: Broker, unique: str)
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_delete_ok_precedes_the_deleting_channels_basic_cancel(
+    broker: BrokerAddress, unique: str, durable: bool
+) -> None:
+    """queue.delete-ok comes first, then basic.cancel for the channel's own consumers of the
+    queue (py-amqp, and so kombu, raises ConsumerCancelled out of queue_delete() otherwise).
+
+    agreed with RabbitMQ 3.10.8.
+    """
+    conn = amqp.Connection(f"{broker.host}:{broker.port}")
+    conn.connect()
+    try:
+        ch = conn.channel()
+        name = f"{unique}-q"
+        ch.queue_declare(name, durable=durable, auto_delete=False)
+        cancelled: list[str] = []
+        tag = ch.basic_consume(name, callback=lambda m: None, on_cancel=cancelled.append)
+        # queue_delete returns on delete-ok; a basic.cancel read before it would run on_cancel
+        assert ch.queue_delete(name) == 0
+        assert cancelled == []
+        conn.drain_events(timeout=5)  # the basic.cancel follows
+        assert cancelled == [tag]
+        assert ch.is_open
+    finally:
+        conn.close()

@@ -90,7 +90,22 @@ def delete(ch: Channel, m: commands.Queue.Delete) -> None:
             raise errors.PreconditionFailed(f"{where} in use")
         if m.if_empty and queue.message_count:
             raise errors.PreconditionFailed(f"{where} not empty")
-        count = vhost.delete_queue(queue)
+        # RabbitMQ answers delete-ok first; the cancel notifications for this channel's own
+        # consumers of the queue follow it (they come from the queue's termination).
+        ch.deferred_cancels = []
+        try:
+            count = vhost.delete_queue(queue)
+        finally:
+            held, ch.deferred_cancels = ch.deferred_cancels, None
+        if held:
+            def notify() -> None:
+                for consumer in held:
+                    ch.notify_cancel(consumer)
+            if m.nowait:
+                notify()
+            else:
+                ch.reply(commands.Queue.DeleteOk(message_count=count), mark, then=notify)
+            return
     if not m.nowait:
         ch.reply(commands.Queue.DeleteOk(message_count=count), mark)
 
