@@ -31,8 +31,8 @@ class AMQPError(Exception):
         # Names that were not UTF-8 on the wire are carried as surrogate escapes and go
         # back out as the bytes they were (protocol.methods.shortstr).
         encoded = text.encode("utf-8", "surrogateescape")
-        if len(encoded) > 255:  # a shortstr; RabbitMQ truncates too
-            text = encoded[:255].decode("utf-8", "ignore")
+        if len(encoded) > 255:  # a shortstr: cut as RabbitMQ does, octets (not characters)
+            text = (encoded[:252] + b"...").decode("utf-8", "surrogateescape")
         return text
 
     def with_method(self, class_id: int, method_id: int) -> AMQPError:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 
 from protocol import constants as c
-from protocol.errors import SyntaxError_
-from protocol.framing import append_content
+from protocol.errors import FrameError, SyntaxError_
+from protocol.framing import append_content, erlang_octets
 
 _HDR = struct.Struct(">BHI")
 _Q = struct.Struct(">Q")
@@ -47,6 +47,12 @@ class Publish:
         self.route_raw = route_raw
 
 
+def _cannot_decode(payload: bytes, method_id: int) -> FrameError:
+    """RabbitMQ's error for arguments that do not fill the payload exactly (as
+    ``protocol.methods.decode_method`` raises it for the other methods)."""
+    return FrameError(f"cannot decode {erlang_octets(payload[4:])}", c.CLASS_BASIC, method_id)
+
+
 def decode_publish(payload: bytes) -> Publish:
     """Decode a basic.publish method payload (index included)."""
     try:
@@ -55,10 +61,12 @@ def decode_publish(payload: bytes) -> Publish:
         rk_len = payload[rk_at]
         end = rk_at + 1 + rk_len
         bits = payload[end]
+        if len(payload) != end + 1:
+            raise IndexError("octets after the last argument")
         exchange = payload[7:rk_at].decode("utf-8")
         routing_key = payload[rk_at + 1 : end].decode("utf-8")
     except IndexError as error:
-        raise SyntaxError_("malformed basic.publish", class_id=60, method_id=40) from error
+        raise _cannot_decode(payload, 40) from error
     except UnicodeDecodeError:
         # Names are bytes to RabbitMQ: one that is not UTF-8 is kept as surrogate escapes
         # (no queue or exchange can have such a name; the message is routed, returned and
@@ -70,28 +78,25 @@ def decode_publish(payload: bytes) -> Publish:
 
 def decode_ack(payload: bytes) -> tuple[int, bool]:
     """(delivery_tag, multiple) of a basic.ack payload."""
-    try:
-        tag, bits = _QB.unpack_from(payload, 4)
-    except struct.error as error:
-        raise SyntaxError_("malformed basic.ack", class_id=60, method_id=80) from error
+    if len(payload) != 13:
+        raise _cannot_decode(payload, 80)
+    tag, bits = _QB.unpack_from(payload, 4)
     return tag, bool(bits & 1)
 
 
 def decode_nack(payload: bytes) -> tuple[int, bool, bool]:
     """(delivery_tag, multiple, requeue) of a basic.nack payload."""
-    try:
-        tag, bits = _QB.unpack_from(payload, 4)
-    except struct.error as error:
-        raise SyntaxError_("malformed basic.nack", class_id=60, method_id=120) from error
+    if len(payload) != 13:
+        raise _cannot_decode(payload, 120)
+    tag, bits = _QB.unpack_from(payload, 4)
     return tag, bool(bits & 1), bool(bits & 2)
 
 
 def decode_reject(payload: bytes) -> tuple[int, bool]:
     """(delivery_tag, requeue) of a basic.reject payload."""
-    try:
-        tag, bits = _QB.unpack_from(payload, 4)
-    except struct.error as error:
-        raise SyntaxError_("malformed basic.reject", class_id=60, method_id=90) from error
+    if len(payload) != 13:
+        raise _cannot_decode(payload, 90)
+    tag, bits = _QB.unpack_from(payload, 4)
     return tag, bool(bits & 1)
 
 

@@ -175,6 +175,13 @@ def erlang_binary(data: bytes, limit: int = 64) -> str:
     return "<<" + ",".join(str(b) for b in data) + ">>"
 
 
+def erlang_octets(data: bytes, limit: int = 128) -> str:
+    """Bytes the way Erlang's ~w writes a binary, every octet a number: <<0,97,98>> (RabbitMQ's
+    ``cannot decode`` texts). Octets past ``limit`` are left out: the text is already longer
+    than a reply text keeps (``AMQPError.reply_text``)."""
+    return "<<" + ",".join(map(str, data[:limit])) + ">>"
+
+
 def octets(payload: bytes) -> str:
     """RabbitMQ's ``all octets = <<...>>``, or ``first 16 octets = <<...>>`` for a longer
     payload, in frame error texts."""

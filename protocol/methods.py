@@ -4,7 +4,8 @@ Decoding fills pamqp's classes with the values pamqp would give them, but with i
 field decoder, which reads RabbitMQ's way: a shortstr that is not UTF-8 is
 ``FRAME_ERROR - Malformed UTF-8 in shortstr`` (except in basic.publish, whose names are
 bytes to RabbitMQ: they are decoded with "surrogateescape" and go out as they came), a field
-that runs past the payload is ``cannot decode``, and field tables are decoded by
+that runs past the payload, or octets left after the last field, is ``cannot decode``
+(quoting the arguments as numbers, as RabbitMQ's ~w does), and field tables are decoded by
 ``protocol.validate.decode_table``, without recursion, so any depth a frame can hold works.
 
 Encoding bypasses pamqp's ``validate()``: its name checks reject names RabbitMQ accepts (any
@@ -22,7 +23,7 @@ from pamqp import base, commands, encode
 
 from protocol import constants as c
 from protocol.errors import CommandInvalid, FrameError, SyntaxError_
-from protocol.framing import erlang_binary, method_frame, octets
+from protocol.framing import erlang_octets, method_frame, octets
 from protocol.validate import decode_table
 
 _METHOD_INDEX = struct.Struct(">I")
@@ -58,12 +59,15 @@ def _layout(cls: type[Method]) -> tuple[tuple[tuple[str, str], ...], str]:
 
 def _unmarshal(method: Method, payload: bytes) -> None:
     """Set ``method``'s fields from ``payload`` (index included), as pamqp's ``unmarshal``
-    would, in one pass over offsets. Raises IndexError, struct.error, SyntaxError_ (a
-    malformed table) or _MalformedUTF8."""
+    would, in one pass over offsets, checking in RabbitMQ's order: first that the fields fill
+    the payload exactly (IndexError or struct.error), then that every shortstr is UTF-8
+    (_MalformedUTF8), then the contents of the field tables (SyntaxError_)."""
     fields, text_errors = _layout(type(method))
     at = 4
     size = len(payload)
     bit = 8  # the next bit in the current bit octet; 8: none started
+    malformed_utf8 = False
+    tables: list[tuple[str, int]] = []  # (field, offset): decoded once the layout is known
     for name, kind in fields:
         if kind == "bit":
             if bit == 8:
@@ -82,9 +86,14 @@ def _unmarshal(method: Method, payload: bytes) -> None:
             try:
                 value = payload[start:at].decode("utf-8", text_errors)
             except UnicodeDecodeError:
-                raise _MalformedUTF8 from None
+                malformed_utf8 = True
+                continue
         elif kind == "table":
-            value, at = decode_table(payload, at)
+            tables.append((name, at))
+            at += 4 + _METHOD_INDEX.unpack_from(payload, at)[0]
+            if at > size:
+                raise IndexError("table runs past the end of the payload")
+            continue
         elif kind == "longstr":
             start = at + 4
             at = start + _METHOD_INDEX.unpack_from(payload, at)[0]
@@ -100,6 +109,12 @@ def _unmarshal(method: Method, payload: bytes) -> None:
             value = unpack.unpack_from(payload, at)[0]
             at += unpack.size
         setattr(method, name, value)
+    if at != size:  # RabbitMQ's decoder matches the whole payload
+        raise IndexError("octets after the last argument")
+    if malformed_utf8:
+        raise _MalformedUTF8
+    for name, offset in tables:
+        setattr(method, name, decode_table(payload, offset)[0])
 
 
 def decode_method(payload: bytes) -> Method:
@@ -115,7 +130,7 @@ def decode_method(payload: bytes) -> Method:
         raise FrameError("Malformed UTF-8 in shortstr") from None
     except (struct.error, IndexError, SyntaxError_) as error:
         raise FrameError(
-            f"cannot decode {erlang_binary(payload[4:])}",
+            f"cannot decode {erlang_octets(payload[4:])}",
             class_id=index >> 16,
             method_id=index & 0xFFFF,
         ) from error

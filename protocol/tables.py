@@ -5,7 +5,8 @@ clients do not read) and sorts table keys. Here integers go out as RabbitMQ writ
 signed 32-bit when they fit, else signed 64-bit, and ``Long`` always 64-bit (x-death
 ``count``, ``x-delivery-count``) — and key order is kept. What ``protocol.validate`` decodes
 where pamqp cannot (``bytes`` field names and shortstrs that are not UTF-8, ``Timestamp``) goes
-out as it came in. Everything else is pamqp's.
+out as it came in, and so does a double (``Double``; a plain float is pamqp's 32-bit 'f', as
+a 'f' value decodes to). Everything else is pamqp's.
 
 Nested tables and arrays are written with an explicit stack, not recursion, so a table as
 deep as ``protocol.validate`` decodes (RabbitMQ accepts any depth a frame can hold) can be
@@ -24,6 +25,7 @@ _I = struct.Struct(">i")
 _Q = struct.Struct(">q")
 _L = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_D = struct.Struct(">d")
 _CONTENT_HEADER = struct.Struct(">HHQ")
 _EMPTY = b"\x00\x00\x00\x00"  # an empty table, or a placeholder for a length
 _SHORT = tuple(bytes((n,)) for n in range(256))  # the length byte of a field name
@@ -34,6 +36,11 @@ _UNCHECKED_DEPTH = 32
 
 class Long(int):
     """An integer that is always encoded as a signed 64-bit table value ('l')."""
+
+
+class Double(float):
+    """A float that came as a double ('d'); encoded as a double again (pamqp writes every
+    float as a 32-bit 'f', which loses precision and cannot hold a double's range)."""
 
 
 class Timestamp(int):
@@ -112,6 +119,8 @@ def _encode(out: list[bytes], items: Iterator[Any], table: bool) -> None:
                 piece = name + b"l" + pack_longlong(value)
             elif isinstance(value, Timestamp):
                 piece = name + b"T" + _U64.pack(value)
+            elif isinstance(value, Double):
+                piece = name + b"d" + _D.pack(value)
             elif isinstance(value, int):
                 if -2147483648 <= value <= 2147483647:
                     piece = name + b"I" + pack_int(value)

@@ -22,7 +22,9 @@ accepts and return what pamqp's decoder returns for the same bytes, with the sam
 field order, again without recursion. Where pamqp raises on bytes RabbitMQ accepts, they
 return a value instead: a shortstr or field name that is not UTF-8 becomes ``bytes`` (as
 pamqp does for a longstr), and a timestamp ``datetime`` cannot hold becomes a
-``tables.Timestamp`` (an int of the wire's seconds, encoded back as a timestamp).
+``tables.Timestamp`` (an int of the wire's seconds, encoded back as a timestamp). A double
+('d') becomes a ``tables.Double``, a float that is encoded back as a double (pamqp would
+write it as a 32-bit 'f', losing precision or failing).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from pamqp import commands
 
 from protocol.errors import SyntaxError_
-from protocol.tables import Timestamp
+from protocol.tables import Double, Timestamp
 
 _L = struct.Struct(">L")
 _L_unpack = _L.unpack_from
@@ -421,6 +423,8 @@ def _decode_items(buf: bytes, at: int, end: int, where: str) -> dict[str | bytes
                     value = unpack_value(buf, start)[0]
                     if not _isfinite(value):
                         raise _item_error(buf, start - 1, end, item, table, where)
+                    if size == 8:  # a double stays one when the table is written again
+                        value = Double(value)
                 elif kind == _BOOL:
                     value = buf[start] != 0
                 elif kind == _STAMP:

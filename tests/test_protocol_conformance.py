@@ -14,7 +14,9 @@ then encoded); RabbitMQ's exact wording is recorded next to each case. Covered:
 - work before login is bounded: until tune-ok a frame may hold at most 4096 octets, and every
   error before tune-ok is answered by closing the socket after a pause, with no frame;
   client_properties nested as deep as 4096 octets allow are accepted;
-- field tables nested hundreds deep in method arguments (queue.declare).
+- field tables nested hundreds deep in method arguments (queue.declare);
+- floats ('f') and doubles ('d') in field tables keep their type and value when the broker
+  writes a table again (a rewritten content header, durable declare arguments).
 """
 
 from __future__ import annotations
@@ -375,6 +377,9 @@ def test_invalid_utf8_in_declare_or_bind_is_501(
         ("basic.cancel", struct.pack(">HH", 60, 30) + shortstr(b"tag" + BAD_UTF8) + b"\x00"),
         ("channel.close-reply-text", struct.pack(">HHH", 20, 40, 200)
          + shortstr(b"bye" + BAD_UTF8) + struct.pack(">HH", 0, 0)),
+        # UTF-8 is checked before the contents of a table (here a field of unknown type)
+        ("exchange.declare-type-and-malformed-arguments", struct.pack(">HHH", 40, 10, 0)
+         + shortstr(b"x") + shortstr(b"t" + BAD_UTF8) + b"\x00" + table(b"\x01aU")),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )  # fmt: skip
@@ -873,4 +878,163 @@ def test_durable_queue_and_binding_with_deeply_nested_arguments(
             c.expect_method(reply, channel=1)
         c.send_method(1, commands.Queue.Delete(queue=queue))
         c.expect_method(commands.Queue.DeleteOk, channel=1)
+        c.close_connection()
+
+
+# -- 8. floats and doubles in field tables ---------------------------------------------------------
+
+# Table fields of type 'd' (64-bit) and 'f' (32-bit), some beyond a 32-bit float's range or
+# precision, one inside an array.
+FLOAT_FIELDS = (
+    shortstr(b"d-tenth") + b"d" + struct.pack(">d", 0.1),
+    shortstr(b"d-huge") + b"d" + struct.pack(">d", 1e300),
+    shortstr(b"d-one") + b"d" + struct.pack(">d", 1.0),
+    shortstr(b"f-tenth") + b"f" + struct.pack(">f", 0.1),
+    shortstr(b"array") + b"A" + struct.pack(">I", 14) + b"d" + struct.pack(">d", -2.5e-300)
+    + b"f" + struct.pack(">f", 3.0),
+)
+
+
+def test_floats_and_doubles_in_rewritten_headers_are_kept_as_sent(
+    broker: BrokerAddress, unique: str
+) -> None:
+    """A content header the broker rewrites (here to remove BCC) keeps every 'd' a double and
+    every 'f' a float, value for value: no precision lost, no error for a double beyond a
+    32-bit float's range.
+
+    agreed with RabbitMQ 3.10.8: the message is delivered with its headers as sent minus
+    BCC, octet for octet.
+    """
+    queue = f"{unique}-floats"
+    bcc = shortstr(b"BCC") + b"A" + struct.pack(">I", 5 + len(queue)) + b"S" + struct.pack(
+        ">I", len(queue)) + queue.encode()
+    with raw_client(broker) as c:
+        declare(c, queue, exclusive=True)
+        c.send_method(1, commands.Confirm.Select())
+        c.expect_method(commands.Confirm.SelectOk, channel=1)
+        publish_raw(c, header_payload(3, 0x2000, table(bcc, *FLOAT_FIELDS)),
+                    routing_key=b"nowhere")  # fmt: skip
+        c.expect_method(commands.Basic.Ack, channel=1)
+        _, header, body = consume_one(c, queue)
+        assert header == header_payload(3, 0x2000, table(*FLOAT_FIELDS))
+        assert body == b"abc"
+        c.close_connection()
+
+
+def test_durable_declarations_with_double_arguments(broker: BrokerAddress, unique: str) -> None:
+    """Durable exchanges, queues and bindings whose arguments hold doubles (one beyond a
+    32-bit float's range) are declared and kept like any others.
+
+    agreed with RabbitMQ 3.10.8: exchange.declare-ok, queue.declare-ok, queue.bind-ok, the
+    same declarations again (equivalent), then delete-ok for both.
+    """
+    exchange, queue = f"{unique}-dbl-x".encode(), f"{unique}-dbl-q".encode()
+    arguments = table(*FLOAT_FIELDS)
+    methods = [
+        (struct.pack(">HHH", 40, 10, 0) + shortstr(exchange) + shortstr(b"direct") + b"\x02"
+         + arguments, commands.Exchange.DeclareOk),
+        (struct.pack(">HHH", 50, 10, 0) + shortstr(queue) + b"\x02" + arguments,
+         commands.Queue.DeclareOk),
+        (struct.pack(">HHH", 50, 20, 0) + shortstr(queue) + shortstr(exchange) + shortstr(b"k")
+         + b"\x00" + arguments, commands.Queue.BindOk),
+    ]  # fmt: skip
+    with raw_client(broker) as c:
+        try:
+            for _ in range(2):
+                for payload, reply in methods:
+                    c.send_raw(encode_raw_frame(FRAME_METHOD, 1, payload))
+                    c.expect_method(reply, channel=1)
+        finally:
+            c.send_method(1, commands.Queue.Delete(queue=queue.decode()))
+            c.send_method(1, commands.Exchange.Delete(exchange=exchange.decode()))
+        c.expect_method(commands.Queue.DeleteOk, channel=1)
+        c.expect_method(commands.Exchange.DeleteOk, channel=1)
+        c.close_connection()
+
+
+# -- 9. method arguments that do not fill the payload exactly --------------------------------------
+
+_PUBLISH_ARGS = struct.pack(">H", 0) + shortstr(b"") + shortstr(b"nowhere") + b"\x00"
+_CONTENT = (encode_raw_frame(FRAME_HEADER, 1, header_payload(3))
+            + encode_raw_frame(FRAME_BODY, 1, b"abc"))  # fmt: skip
+
+# (id, frames, class, method, the arguments RabbitMQ 3.10.8 quotes in 'cannot decode <<...>>')
+UNDECODABLE_METHODS = [
+    ("publish-without-its-bits", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 60, 40)
+     + _PUBLISH_ARGS[:-1]), 60, 40, "0,0,0,7,110,111,119,104,101,114,101"),
+    ("publish-name-cut-short", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 60, 40)
+     + _PUBLISH_ARGS[:5]) + _CONTENT, 60, 40, "0,0,0,7,110"),
+    ("publish-with-trailing-octet", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 60, 40)
+     + _PUBLISH_ARGS + b"\x07") + _CONTENT, 60, 40, "0,0,0,7,110,111,119,104,101,114,101,0,7"),
+    ("ack-without-its-bits", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HHQ", 60, 80, 1)),
+     60, 80, "0,0,0,0,0,0,0,1"),
+    ("ack-with-trailing-octet", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HHQB", 60, 80, 0,
+     1) + b"z"), 60, 80, "0,0,0,0,0,0,0,0,1,122"),
+    ("nack-cut-short", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 60, 120) + b"\0\0"),
+     60, 120, "0,0"),
+    ("reject-cut-short", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 60, 90) + b"\0\0"),
+     60, 90, "0,0"),
+    ("queue.declare-with-trailing-octet", encode_raw_frame(FRAME_METHOD, 1, struct.pack(
+     ">HHH", 50, 10, 0) + shortstr(b"q") + b"\x08" + struct.pack(">I", 0) + b"z"), 50, 10,
+     "0,0,1,113,8,0,0,0,0,122"),
+    ("qos-with-trailing-octet", encode_raw_frame(FRAME_METHOD, 1, struct.pack(
+     ">HHIHB", 60, 10, 0, 1, 0) + b"\0"), 60, 10, "0,0,0,0,0,1,0,0"),
+    ("tx.select-with-arguments", encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 90, 10)
+     + b"zz"), 90, 10, "122,122"),
+    ("channel.open-with-trailing-octets", encode_raw_frame(FRAME_METHOD, 3, struct.pack(
+     ">HH", 20, 10) + b"\0zz"), 20, 10, "0,122,122"),
+    # the layout is checked before UTF-8
+    ("name-not-utf-8-and-trailing-octet", encode_raw_frame(FRAME_METHOD, 1, struct.pack(
+     ">HHH", 50, 10, 0) + shortstr(b"\xff") + b"\x00" + struct.pack(">I", 0) + b"z"), 50, 10,
+     "0,0,1,255,0,0,0,0,0,122"),
+    ("name-not-utf-8-and-table-past-the-end", encode_raw_frame(FRAME_METHOD, 1, struct.pack(
+     ">HHH", 60, 20, 0) + shortstr(b"\xff") + shortstr(b"") + b"\x00\x01\xfc\x80"), 60, 20,
+     "0,0,1,255,0,0,1,252,128"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("frames", "class_id", "method_id", "octets"), [case[1:] for case in UNDECODABLE_METHODS],
+    ids=[case[0] for case in UNDECODABLE_METHODS],
+)  # fmt: skip
+def test_method_arguments_must_fill_the_payload_exactly(
+    broker: BrokerAddress, frames: bytes, class_id: int, method_id: int, octets: str
+) -> None:
+    """A method frame whose arguments end before the payload does (trailing octets), or run
+    past it, is a frame error naming the method: on the per-message methods (basic.publish,
+    ack, nack, reject) as on any other. The octets are written as numbers, printable or not.
+
+    agreed with RabbitMQ 3.10.8: connection.close(501, 'FRAME_ERROR - cannot decode
+    <<...>>' with the octets after the method ids, class id, method id), see the table.
+    """
+    with raw_client(broker) as c:
+        c.send_raw(frames)
+        close = c.expect_connection_close(501)
+        assert (close.reply_text, close.class_id, close.method_id) == (
+            f"FRAME_ERROR - cannot decode <<{octets}>>", class_id, method_id,
+        ), describe(close)  # fmt: skip
+        c.expect_socket_closed()
+    assert_served(broker)
+
+
+def test_reply_texts_longer_than_a_shortstr_are_cut_with_an_ellipsis(broker: BrokerAddress) -> None:
+    """A reply text that would not fit a shortstr is cut to 252 octets and '...' (octets,
+    not characters: a multi-byte character may be cut).
+
+    agreed with RabbitMQ 3.10.8: tx.select with 300 trailing octets -> 'FRAME_ERROR - cannot
+    decode <<122,...,12...' (255 octets); basic.publish to exchange 'é' * 120 + '\\xff' ->
+    channel.close(404, b"NOT_FOUND - no exchange '\\xc3\\xa9...\\xc3...") of 255 octets.
+    """
+    with raw_client(broker) as c:
+        c.send_raw(encode_raw_frame(FRAME_METHOD, 1, struct.pack(">HH", 90, 10) + b"z" * 300))
+        close = c.expect_connection_close(501)
+        expected = "FRAME_ERROR - cannot decode <<" + ",".join(["122"] * 300) + ">>"
+        assert close.reply_text == expected[:252] + "...", describe(close)
+    name = "é".encode() * 120 + b"\xff"
+    with raw_client(broker) as c:
+        publish_raw(c, header_payload(0), body=b"", exchange=name, routing_key=b"k")
+        frame_type, channel, payload = read_undecoded(c)
+        assert (frame_type, channel, method_ids(payload)) == (FRAME_METHOD, 1, (20, 40))
+        text = b"NOT_FOUND - no exchange '" + name + b"' in vhost '/'"
+        assert close_fields(payload) == (404, text[:252] + b"...", 60, 40)
         c.close_connection()
