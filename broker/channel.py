@@ -112,6 +112,7 @@ class Channel:
         self.parked = False
         self.throttled_by: set[Queue] = set()
         self._resume_scheduled = False
+        self._discarding = 0  # closing: -1 a content header, >0 body bytes still to come
         self.released = False
         if connection.blocked_reason is not None:  # a resource alarm: publishes wait
             self.inbox = deque()
@@ -138,6 +139,11 @@ class Channel:
             else:
                 raise errors.FrameError(f"unexpected frame type {frame_type} on channel")
         except errors.ChannelError as error:
+            # The rest of a refused publish's content is still to come: it is dropped.
+            if frame_type == c.FRAME_METHOD and method_index(payload) == c.BASIC_PUBLISH:
+                self._discarding = -1
+            elif frame_type == c.FRAME_HEADER:
+                self._discarding = fastpath.content_header_fields(payload)[1]
             self.close_with_error(error)
 
     def _handle_method(self, payload: bytes) -> None:
@@ -160,12 +166,32 @@ class Channel:
         else:
             method = decode_method(payload)
             handler = HANDLERS.get(index)
-            if handler is None:
-                raise errors.CommandInvalid(f"unexpected method {method.name} on a channel")
+            if handler is None:  # a server's or a connection's method (RabbitMQ's wording)
+                raise errors.CommandInvalid("unimplemented method", index >> 16, index & 0xFFFF)
             try:
                 handler(self, method)
             except errors.AMQPError as error:
                 raise error.with_method(index >> 16, index & 0xFFFF) from None
+
+    def discard_frame(self, frame_type: int, payload: bytes) -> int:
+        """A frame after the broker closed this channel (until the client's close-ok): it
+        is checked as any frame would be (RabbitMQ decodes every method and follows the
+        content of a publish it drops), then dropped. Returns a method's index, else 0."""
+        if frame_type == c.FRAME_METHOD:
+            if self._discarding:
+                raise (_expected_header if self._discarding < 0 else _expected_body)()
+            index = decode_method(payload).index
+            if index == c.BASIC_PUBLISH:
+                self._discarding = -1  # its content header comes next
+            return index
+        if frame_type == c.FRAME_HEADER and self._discarding < 0:
+            size = fastpath.content_header_fields(payload)[1]
+            self._discarding = size if size else 0
+        elif frame_type == c.FRAME_BODY and self._discarding > 0:
+            self._discarding = max(self._discarding - len(payload), 0)
+        else:
+            raise _expected_method()
+        return 0
 
     # -- publishing ------------------------------------------------------------------------
     def handle_publish(self, method: bytes, header: bytes, body: bytes | None) -> None:

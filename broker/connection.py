@@ -366,13 +366,15 @@ class Connection(asyncio.Protocol):
             return
         if frame_type != c.FRAME_METHOD:
             raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
-        method = decode_method(payload)
+        try:
+            method = decode_method(payload)
+        except errors.FrameError as error:  # on channel 0 RabbitMQ names the method
+            index = method_index(payload)
+            raise error.with_method(index >> 16, index & 0xFFFF) from None
         index = method.index
         state = self.state
         if index == _CONNECTION_CLOSE:
             self._client_close()
-        elif index == _CONNECTION_CLOSE_OK:
-            self._close_transport()
         elif state == AWAIT_START_OK and isinstance(method, commands.Connection.StartOk):
             self._start_ok(method)
         elif state == AWAIT_TUNE_OK and isinstance(method, commands.Connection.TuneOk):
@@ -513,23 +515,25 @@ class Connection(asyncio.Protocol):
                 )
             if frame_type != c.FRAME_METHOD:
                 raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
-            index = method_index(payload)
-            if index == _CHANNEL_OPEN:
-                decode_method(payload)  # its fields are checked (501) as any method's
+            method = decode_method(payload)  # its fields are checked (501) as any method's
+            if method.index == _CHANNEL_OPEN:
                 self.channels[number] = Channel(self, number)
                 self.send_method(number, make(commands.Channel.OpenOk, channel_id=""))
                 return
-            raise errors.ChannelErrorHard("expected 'channel.open'", index >> 16, index & 0xFFFF)
+            raise errors.ChannelErrorHard("expected 'channel.open'", *ids(method))
+        if channel.closing:  # we sent channel.close: frames are checked, then dropped
+            index = channel.discard_frame(frame_type, payload)
+            if index == _CHANNEL_CLOSE:  # crossing ours: answered; the number stays taken
+                self.send_method(number, commands.Channel.CloseOk())
+            elif index == _CHANNEL_CLOSE_OK:
+                del self.channels[number]
+            elif index == _CHANNEL_OPEN:
+                raise errors.ChannelErrorHard("second 'channel.open' seen", 20, 10)
+            return
         if frame_type == c.FRAME_METHOD:
             index = method_index(payload)
             if index in (_CHANNEL_CLOSE, _CHANNEL_OPEN):
                 decode_method(payload)  # its fields are checked (501) as any method's
-            if channel.closing:  # we sent channel.close: only close/close-ok count now
-                if index in (_CHANNEL_CLOSE_OK, _CHANNEL_CLOSE):
-                    if index == _CHANNEL_CLOSE:
-                        self.send_method(number, commands.Channel.CloseOk())
-                    del self.channels[number]
-                return
             if index == _CHANNEL_CLOSE:
                 self._confirm_channels.pop(channel, None)
                 channel.pending_confirms(self.out)  # what is answerable goes before close-ok
@@ -541,8 +545,6 @@ class Connection(asyncio.Protocol):
                 raise errors.ChannelErrorHard("second 'channel.open' seen", 20, 10)
             if index == _CHANNEL_CLOSE_OK:
                 return  # stray close-ok: nothing to finish
-        elif channel.closing:
-            return
         channel.handle_frame(frame_type, payload)
 
     # -- closing ---------------------------------------------------------------------------
@@ -578,9 +580,8 @@ class Connection(asyncio.Protocol):
             return
         self._release_all()
         self.state = CLOSING
-        self.out.clear()
         self._confirm_channels.clear()
-        self.send_method(
+        self.send_method(  # after the replies to what came before the error (RabbitMQ's order)
             0,
             make(
                 commands.Connection.Close,

@@ -90,7 +90,7 @@ def with_death(message: Message, queue: Queue, reason: str, exchange: str,
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    return [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
             for v in value if isinstance(v, str | bytes)]
 
 

@@ -160,8 +160,8 @@ def sender_selected(message: Message) -> tuple[Message, list[str] | None]:
                 f"{'longstr' if isinstance(value, str | bytes) else type(value).__name__}}}",
                 60, 40,
             )
-        found += [v.decode() if isinstance(v, bytes) else v for v in value
-                  if isinstance(v, str | bytes)]
+        found += [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
+                  for v in value if isinstance(v, str | bytes)]  # keys are octets
     if "BCC" in headers:
         properties = copy_properties(message.properties)
         del properties.headers["BCC"]

@@ -39,10 +39,9 @@ The default run is bounded (``FUZZ_EXAMPLES`` examples per test, about 10-20 s e
 busy 2-core machine); ``-m slow`` runs thousands (``LEVERET_FUZZ_EXAMPLES`` overrides the
 number). The fuzz tests read the broker's log records, so they are Leveret-only.
 
-The broker issues the fuzzer (and replaying its streams against RabbitMQ 3.10.8) found are
-reproduced at the end, each with RabbitMQ's answer; they run against both brokers and are
-expected to fail on Leveret until broker/ is fixed (then remove the ``xfail`` and the entry
-in ``KNOWN_BROKER_ISSUES``).
+The differences the fuzzer (and replaying its streams against RabbitMQ 3.10.8) found are
+reproduced at the end, each with RabbitMQ's answer, and run against both brokers. A new one
+can be listed in ``KNOWN_BROKER_ISSUES`` so that the fuzzer looks past it until it is fixed.
 
 To replay a failure against another broker (RabbitMQ on 5673, say), take the ``stream``
 hex printed in the failure and call ``replay(host, port, frame_max, bytes.fromhex(...))``.
@@ -1235,22 +1234,7 @@ def broker_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 # reproducer in ``test_reported_*`` below). An example that runs into one is still checked
 # for the bystander and a fresh connection (the broker stays up), then rejected, so the
 # search goes on for other failures. Remove an entry once its issue is fixed.
-KNOWN_BROKER_ISSUES: dict[str, Callable[[bytes, Transcript], bool]] = {
-    # connection.close-ok out of turn: RabbitMQ 504, Leveret drops the socket.
-    "close-ok-out-of-turn": lambda stream, t: (
-        t.end == "EOF" and t.server_close is None and CLOSE_OK in stream),
-    # an unknown method on a channel not open: Leveret 504 naming the unknown ids (RabbitMQ
-    # decodes the method first).
-    "unknown-method-on-unopened-channel": lambda stream, t: (
-        t.server_close == (504, b"CHANNEL_ERROR - expected 'channel.open'")
-        and all("close names no method" in problem for problem in t.problems)),
-    # a CC or BCC header holding a longstr that is not UTF-8: Leveret 541 and a traceback
-    # (RabbitMQ routes by the key's octets).
-    "cc-not-utf-8": lambda stream, t: (
-        t.server_close is not None and t.server_close[0] == pc.INTERNAL_ERROR
-        and b"UnicodeDecodeError" in t.server_close[1]
-        and (b"\x02CCA" in stream or b"\x03BCCA" in stream)),
-}
+KNOWN_BROKER_ISSUES: dict[str, Callable[[bytes, Transcript], bool]] = {}
 
 
 @dataclass(frozen=True)
@@ -1387,16 +1371,13 @@ def test_fuzz_mutated_frames_long(broker: BrokerAddress,
     _run(broker, caplog, mutated_cases, SLOW_EXAMPLES)
 
 
-# -- reported broker issues -----------------------------------------------------------------------
+# -- differences the fuzzer found ------------------------------------------------------------------
 #
-# Each reproducer below passes against RabbitMQ 3.10.8 (LEVERET_TEST_URL) and fails on Leveret
-# until broker/ is fixed; the fix proposed for each is in its docstring.
+# Each reproducer below agrees with RabbitMQ 3.10.8 (LEVERET_TEST_URL); Leveret differed until
+# the change named in its docstring.
 
 EXTERNAL = bool(os.environ.get("LEVERET_TEST_URL"))
 
-
-def broker_issue(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(not EXTERNAL, strict=True, reason=f"reported broker issue: {reason}")
 
 
 def raw_frames(client: RawClient, timeout: float = 2.0) -> list[tuple[int, int, bytes]]:
@@ -1422,7 +1403,6 @@ def close_of(frames: list[tuple[int, int, bytes]]) -> tuple[int, bytes, int, int
             fields["method_id"])
 
 
-@broker_issue("connection.close-ok out of turn drops the socket")
 def test_reported_close_ok_out_of_turn_is_504(broker: BrokerAddress) -> None:
     """connection.close-ok when no close was sent is a method out of turn.
 
@@ -1439,7 +1419,6 @@ def test_reported_close_ok_out_of_turn_is_504(broker: BrokerAddress) -> None:
             504, b"CHANNEL_ERROR - unexpected method in connection state running", 10, 51)
 
 
-@broker_issue("a method on a channel not open is not decoded before the 504")
 @pytest.mark.parametrize(("arguments", "expected"), [
     (b"\x05ab", (501, b"FRAME_ERROR - cannot decode <<0,0,5,97,98>>", 50, 10)),
     (sstr(b"\xff") + b"\x00\x00\x00\x00\x00",
@@ -1452,7 +1431,7 @@ def test_reported_method_on_unopened_channel_is_decoded_first(
     before it is a channel error: RabbitMQ decodes every method as it arrives.
 
     RabbitMQ 3.10.8: connection.close(501, ...) as in the table. Leveret answers
-    504 "CHANNEL_ERROR - expected 'channel.open'". Proposed fix (broker/connection.py,
+    504 "CHANNEL_ERROR - expected 'channel.open'". Fixed (broker/connection.py,
     ``_channel_frame``, the ``channel is None`` branch): call ``decode_method(payload)`` for
     every method before looking at its index (501 for fields that do not decode, 503 for an
     unknown method, as on an open channel), then raise the 504 with ``ids(method)``.
@@ -1462,7 +1441,6 @@ def test_reported_method_on_unopened_channel_is_decoded_first(
         assert close_of(raw_frames(client)) == expected
 
 
-@broker_issue("frames on a channel awaiting the client's close-ok are not checked")
 @pytest.mark.parametrize(("bad", "expected"), [
     (frame(FRAME_METHOD, 1, struct.pack(">HHH", 50, 10, 0) + b"\x05ab"),
      (501, b"FRAME_ERROR - cannot decode <<0,0,5,97,98>>", 50, 10)),
@@ -1477,7 +1455,7 @@ def test_reported_frames_on_a_closing_channel_are_still_checked(
 
     RabbitMQ 3.10.8: channel.close(404) then connection.close as in the table. Leveret
     discards both frames silently and answers the final connection.close with close-ok.
-    Proposed fix (broker/connection.py ``_channel_frame``, the ``channel.closing`` branches):
+    Fixed (broker/connection.py ``_channel_frame``, the ``channel.closing`` branches):
     decode every method (``decode_method``) before discarding it, and keep the channel's
     content state machine running (a content header or body is only valid after a
     basic.publish that was itself discarded).
@@ -1492,7 +1470,6 @@ def test_reported_frames_on_a_closing_channel_are_still_checked(
         assert close_of(frames) == expected
 
 
-@broker_issue("replies produced before a connection error are dropped")
 def test_reported_replies_before_a_connection_error_are_sent(broker: BrokerAddress) -> None:
     """Replies to the frames before a connection error are sent before connection.close, even
     when they all arrive in one read; a basic.get (no-ack) answered there is not lost.
@@ -1523,7 +1500,6 @@ def test_reported_replies_before_a_connection_error_are_sent(broker: BrokerAddre
     assert close_of(frames)[:2] == (505, b"UNEXPECTED_FRAME - type 8, all octets = <<>>")
 
 
-@broker_issue("queue.declare of direct reply-to names")
 @pytest.mark.parametrize("name", [b"amq.rabbitmq.reply-to", b"amq.rabbitmq.reply-to.x"])
 def test_reported_declare_of_direct_reply_to_names(broker: BrokerAddress, name: bytes) -> None:
     """queue.declare of amq.rabbitmq.reply-to is answered, passive or not, as if one consumer
@@ -1552,7 +1528,6 @@ def test_reported_declare_of_direct_reply_to_names(broker: BrokerAddress, name: 
                          "'amq.rabbitmq.reply-to.x' in vhost '/'\", 50, 10)"), transcript.summary()
 
 
-@broker_issue("a method a client may not send, on a channel: text and method ids")
 @pytest.mark.parametrize("method", [
     C.Connection.SecureOk(response=""), C.Connection.UpdateSecret(new_secret="", reason=""),
     C.Channel.OpenOk(), C.Basic.QosOk(), C.Tx.CommitOk()], ids=lambda m: m.name)  # fmt: skip
@@ -1564,7 +1539,7 @@ def test_reported_method_a_client_may_not_send_is_unimplemented(
 
     RabbitMQ 3.10.8: connection.close(503, 'COMMAND_INVALID - unimplemented method', class id,
     method id of the method). Leveret: connection.close(503, 'COMMAND_INVALID - unexpected
-    method <name> on a channel', 0, 0). Proposed fix (broker/channel.py, ``_handle_method``):
+    method <name> on a channel', 0, 0). Fixed (broker/channel.py, ``_handle_method``):
     ``raise errors.CommandInvalid("unimplemented method", index >> 16, index & 0xFFFF)``.
     (RabbitMQ reads the content of basic.deliver, get-ok and return before refusing them.)
     """
@@ -1576,7 +1551,6 @@ def test_reported_method_a_client_may_not_send_is_unimplemented(
             method.index & 0xFFFF)
 
 
-@broker_issue("Malformed UTF-8 on channel 0 does not name the method")
 def test_reported_malformed_utf8_on_channel_0_names_the_method(broker: BrokerAddress) -> None:
     """A shortstr that is not UTF-8 in a method on channel 0 is refused naming the method
     (on other channels RabbitMQ names none, as Leveret does).
@@ -1595,7 +1569,6 @@ def test_reported_malformed_utf8_on_channel_0_names_the_method(broker: BrokerAdd
             501, b"FRAME_ERROR - Malformed UTF-8 in shortstr", 10, 70)
 
 
-@broker_issue("a channel closed by the broker is freed by the client's crossing channel.close")
 def test_reported_channel_closed_by_the_broker_stays_taken_until_close_ok(
     broker: BrokerAddress,
 ) -> None:
@@ -1625,7 +1598,6 @@ def test_reported_channel_closed_by_the_broker_stays_taken_until_close_ok(
     assert close_of(frames) == (504, b"CHANNEL_ERROR - second 'channel.open' seen", 20, 10)
 
 
-@broker_issue("a CC or BCC key that is not UTF-8 is an internal error")
 @pytest.mark.parametrize("header", [b"CC", b"BCC"])
 def test_reported_cc_and_bcc_keys_that_are_not_utf8_are_routed(
     broker: BrokerAddress, header: bytes
@@ -1635,7 +1607,7 @@ def test_reported_cc_and_bcc_keys_that_are_not_utf8_are_routed(
 
     RabbitMQ 3.10.8: basic.ack. Leveret: connection.close(541, "INTERNAL_ERROR -
     UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff ...") and a traceback logged
-    (broker/message.py ``sender_selected`` decodes the keys strictly). Proposed fix: decode
+    (broker/message.py ``sender_selected`` decodes the keys strictly). Fixed: decode
     them with ``v.decode("utf-8", "surrogateescape")``, as basic.publish's routing key is
     (``protocol.fastpath.decode_publish``), so the key routes and is copied octet for octet;
     ``broker/deadletter.py`` ``_string_list`` likewise ("replace" there turns the key into

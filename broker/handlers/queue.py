@@ -25,10 +25,8 @@ def _queue_name(ch: Channel, name: str) -> str:
 
 
 def declare(ch: Channel, m: commands.Queue.Declare) -> None:
-    if m.passive and m.queue == direct_reply.REPLY_TO:
-        # RabbitMQ answers a passive declare of the pseudo-queue as if one consumer held it.
-        ch.connection.send_method(ch.number, make(
-            commands.Queue.DeclareOk, queue=m.queue, message_count=0, consumer_count=1))
+    if m.queue == direct_reply.REPLY_TO or m.queue.startswith(direct_reply.REPLY_PREFIX):
+        _declare_reply_to(ch, m)
         return
     mark = ch.store_mark()
     queue = ch.vhost.declare_queue(
@@ -45,6 +43,22 @@ def declare(ch: Channel, m: commands.Queue.Declare) -> None:
         ch.reply(make(commands.Queue.DeclareOk, queue=queue.name,
                       message_count=queue.message_count, consumer_count=len(queue.consumers)),
                  mark)
+
+
+def _declare_reply_to(ch: Channel, m: commands.Queue.Declare) -> None:
+    """Direct reply-to names, as RabbitMQ 3.10.8 answers them whatever the flags: the
+    pseudo-queue as if one consumer held it; a reply queue's name only while it exists."""
+    if m.queue == direct_reply.REPLY_TO:
+        count, consumers = 0, 1
+    else:
+        queue = ch.vhost.reply_queues.get(m.queue)
+        if queue is None:
+            raise ch.vhost.no_queue(m.queue)
+        count, consumers = queue.message_count, len(queue.consumers)
+    if not m.nowait:
+        ch.connection.send_method(ch.number, make(
+            commands.Queue.DeclareOk, queue=m.queue, message_count=count,
+            consumer_count=consumers))
 
 
 def bind(ch: Channel, m: commands.Queue.Bind) -> None:
