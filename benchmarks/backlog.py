@@ -70,12 +70,12 @@ class Sampler(threading.Thread):
 
 def start(port: int, data_dir: Path, log_path: Path,
           log_level: str = "info") -> tuple[subprocess.Popen, float]:
-    """Start ``python -m broker serve`` on ``port``; return it and the seconds until it
+    """Start ``python -m leveret serve`` on ``port``; return it and the seconds until it
     accepts TCP (exits the script if the broker dies first)."""
     started = time.monotonic()
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port",
+            [sys.executable, "-m", "leveret", "serve", "--host", "127.0.0.1", "--port",
              str(port), "--data-dir", str(data_dir), "--log-level", log_level],
             stderr=log_file, stdout=subprocess.DEVNULL, cwd=ROOT,
         )

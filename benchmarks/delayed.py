@@ -5,7 +5,7 @@ Target (issue): a message published to an ``x-delayed-message`` exchange is deli
 
 What it does:
 
-1. Starts a fresh Leveret from this working tree (``python -m broker serve`` on a free port,
+1. Starts a fresh Leveret from this working tree (``python -m leveret serve`` on a free port,
    temp data dir) -- or uses ``--url`` for a broker that is already running.
 2. Declares an ``x-delayed-message`` exchange (``x-delayed-type: direct``) and one queue bound
    to it, then publishes ``--messages`` N messages with publisher confirms (at most

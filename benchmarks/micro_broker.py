@@ -20,9 +20,9 @@ from pamqp import commands
 from pamqp import frame as pamqp_frame
 from pamqp.header import ContentHeader, ProtocolHeader
 
-from broker.config import BrokerConfig
-from broker.connection import Connection
-from broker.server import Broker
+from leveret.broker.config import BrokerConfig
+from leveret.broker.connection import Connection
+from leveret.broker.server import Broker
 
 
 class FakeTransport:

@@ -41,9 +41,9 @@ from pamqp import body as pbody
 from pamqp import commands, frame
 from pamqp import header as pheader
 
-from protocol import fastpath
-from protocol.framing import FrameReader
-from protocol.methods import method_index
+from leveret.protocol import fastpath
+from leveret.protocol.framing import FrameReader
+from leveret.protocol.methods import method_index
 
 FRAME_MAX = 131072
 CHANNEL = 1

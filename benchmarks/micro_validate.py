@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pamqp import commands
 from pamqp.header import ContentHeader
 
-from protocol.tables import content_header
-from protocol.validate import check_content_header, decode_properties
+from leveret.protocol.tables import content_header
+from leveret.protocol.validate import check_content_header, decode_properties
 
 
 def celery_headers(task_id: str, n: int) -> dict:

@@ -266,11 +266,13 @@ class Leveret:
         script = Path(sys.executable).with_name("leveret")
         if src:  # an exported git revision: its packages go first on sys.path
             env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-            cmd = [sys.executable, "-m", "broker"]
+            # revisions before the packaging change ran as ``python -m broker``
+            module = "leveret" if (Path(src) / "leveret" / "__main__.py").exists() else "broker"
+            cmd = [sys.executable, "-m", module]
         elif script.exists():
             cmd = [str(script)]
         else:
-            cmd = [sys.executable, "-m", "broker"]
+            cmd = [sys.executable, "-m", "leveret"]
         self.cmd = [
             *cmd,
             "serve",
@@ -2218,7 +2220,7 @@ def _rel(path: str) -> str:
 def _leveret_version() -> str:
     try:
         sys.path.insert(0, str(REPO))
-        from broker import __version__
+        from leveret.broker import __version__
 
         return __version__
     except Exception as error:

@@ -1,8 +1,5 @@
-"""Leveret: a pure-Python AMQP 0-9-1 message broker."""
+"""Leveret's server: connections, channels, the vhost/exchange/queue model, storage, CLI."""
 
-from importlib.metadata import PackageNotFoundError, version
+from leveret import __version__
 
-try:
-    __version__ = version("leveret")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
+__all__ = ["__version__"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from protocol import errors
+from leveret.protocol import errors
 
 
 def type_name(value: Any) -> str:

@@ -15,24 +15,24 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
-from broker import direct_reply
-from broker.handlers import HANDLERS
-from broker.message import Entry, Message, header_shape, parse_expiration
-from broker.publish import Routed, complete, route
-from broker.publish import publish as deliver_publish
-from broker.queue import quorum_header
-from protocol import constants as c
-from protocol import errors, fastpath
-from protocol.framing import method_frame
-from protocol.methods import decode_method, make, method_index
-from protocol.validate import check_content_header, decode_properties
+from leveret.broker import direct_reply
+from leveret.broker.handlers import HANDLERS
+from leveret.broker.message import Entry, Message, header_shape, parse_expiration
+from leveret.broker.publish import Routed, complete, route
+from leveret.broker.publish import publish as deliver_publish
+from leveret.broker.queue import quorum_header
+from leveret.protocol import constants as c
+from leveret.protocol import errors, fastpath
+from leveret.protocol.framing import method_frame
+from leveret.protocol.methods import decode_method, make, method_index
+from leveret.protocol.validate import check_content_header, decode_properties
 
 if TYPE_CHECKING:
-    from broker.connection import Connection
-    from broker.consumer import Consumer
-    from broker.exchange import Exchange
-    from broker.queue import Queue
-    from protocol.methods import Method
+    from leveret.broker.connection import Connection
+    from leveret.broker.consumer import Consumer
+    from leveret.broker.exchange import Exchange
+    from leveret.broker.queue import Queue
+    from leveret.protocol.methods import Method
 
 log = logging.getLogger(__name__)
 

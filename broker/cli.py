@@ -1,4 +1,4 @@
-"""Command line: ``leveret serve`` and ``leveret --version`` (also ``python -m broker``)."""
+"""Command line: ``leveret serve`` and ``leveret --version`` (also ``python -m leveret``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-from broker import __version__
-from broker.config import BrokerConfig, physical_memory
-from broker.server import Broker
-from broker.store import StoreError
+from leveret.broker import __version__
+from leveret.broker.config import BrokerConfig, physical_memory
+from leveret.broker.server import Broker
+from leveret.broker.store import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ async def serve(config: BrokerConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    logging.getLogger("broker").info("shutting down")
+    logging.getLogger("leveret").info("shutting down")
     await broker.stop()
 
 
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         memory_high_watermark=int(args.memory_high_watermark * physical_memory()),
     )
     loop_name = install_event_loop_policy()
-    logging.getLogger("broker").debug("event loop: %s", loop_name)
+    logging.getLogger("leveret").debug("event loop: %s", loop_name)
     try:
         asyncio.run(serve(config))
     except StoreError as error:
-        logging.getLogger("broker").error("cannot start: %s", error)
+        logging.getLogger("leveret").error("cannot start: %s", error)
         return 1
     return 0
 

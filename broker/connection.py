@@ -15,16 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
-from broker import __version__, auth
-from broker.channel import Channel
-from protocol import constants as c
-from protocol import errors
-from protocol.framing import HEARTBEAT, FrameReader, erlang_binary, method_frame, octets, unfuse
-from protocol.methods import Method, decode_method, encode_method, ids, make, method_index
+from leveret.broker import __version__, auth
+from leveret.broker.channel import Channel
+from leveret.protocol import constants as c
+from leveret.protocol import errors
+from leveret.protocol.framing import (
+    HEARTBEAT,
+    FrameReader,
+    erlang_binary,
+    method_frame,
+    octets,
+    unfuse,
+)
+from leveret.protocol.methods import Method, decode_method, encode_method, ids, make, method_index
 
 if TYPE_CHECKING:
-    from broker.server import Broker
-    from broker.vhost import VirtualHost
+    from leveret.broker.server import Broker
+    from leveret.broker.vhost import VirtualHost
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from protocol.fastpath import shortstr
+from leveret.protocol.fastpath import shortstr
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
-    from broker.queue import Queue
+    from leveret.broker.channel import Channel
+    from leveret.broker.queue import Queue
 
 
 class Consumer:

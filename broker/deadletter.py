@@ -14,13 +14,13 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from broker.message import Entry, Message, copy_properties
-from broker.publish import Moved, deliver, release
-from protocol.tables import Long
+from leveret.broker.message import Entry, Message, copy_properties
+from leveret.broker.publish import Moved, deliver, release
+from leveret.protocol.tables import Long
 
 if TYPE_CHECKING:
-    from broker.exchange import Exchange
-    from broker.queue import Queue
+    from leveret.broker.exchange import Exchange
+    from leveret.broker.queue import Queue
 
 log = logging.getLogger(__name__)
 

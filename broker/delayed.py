@@ -15,12 +15,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from broker.message import Message
-from broker.publish import Moved, publish, release
+from leveret.broker.message import Message
+from leveret.broker.publish import Moved, publish, release
 
 if TYPE_CHECKING:
-    from broker.exchange import Exchange
-    from broker.vhost import VirtualHost
+    from leveret.broker.exchange import Exchange
+    from leveret.broker.vhost import VirtualHost
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from protocol import errors
-from protocol.tables import content_header
-from protocol.validate import decode_properties
+from leveret.protocol import errors
+from leveret.protocol.tables import content_header
+from leveret.protocol.validate import decode_properties
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
-    from broker.queue import Queue
+    from leveret.broker.channel import Channel
+    from leveret.broker.queue import Queue
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_PREFIX = REPLY_TO + "."
@@ -31,7 +31,7 @@ def open_reply_queue(ch: Channel, no_ack: bool) -> Queue:
         raise errors.PreconditionFailed("reply consumer cannot acknowledge")
     if ch.reply_queue is not None and not ch.reply_queue.deleted:
         raise errors.PreconditionFailed("reply consumer already set")
-    from broker.queue import Queue
+    from leveret.broker.queue import Queue
 
     name = REPLY_PREFIX + secrets.token_urlsafe(24)
     queue = Queue(name, ch.vhost, exclusive_owner=ch.connection, auto_delete=True)

@@ -10,8 +10,8 @@ import asyncio
 import threading
 from types import TracebackType
 
-from broker.config import BrokerConfig
-from broker.server import Broker
+from leveret.broker.config import BrokerConfig
+from leveret.broker.server import Broker
 
 
 class EmbeddedBroker:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.routing import TABLES, RoutingTable
+from leveret.broker.routing import TABLES, RoutingTable
 
 BUILTIN_TYPES = frozenset(TABLES)
 DELAYED_TYPE = "x-delayed-message"  # RabbitMQ's delayed-message plugin, built in here

@@ -12,9 +12,9 @@ from typing import Any
 
 from pamqp import commands
 
-from protocol import errors, fastpath
-from protocol.tables import content_header
-from protocol.validate import decode_properties
+from leveret.protocol import errors, fastpath
+from leveret.protocol.tables import content_header
+from leveret.protocol.validate import decode_properties
 
 
 def header_shape(header: bytes) -> tuple[int, bool]:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from broker.message import sender_selected
-from protocol import fastpath
+from leveret.broker.message import sender_selected
+from leveret.protocol import fastpath
 
 if TYPE_CHECKING:
-    from broker.exchange import Exchange
-    from broker.message import Message
-    from broker.queue import Queue
-    from broker.store.records import QueueKey
-    from broker.vhost import VirtualHost
+    from leveret.broker.exchange import Exchange
+    from leveret.broker.message import Message
+    from leveret.broker.queue import Queue
+    from leveret.broker.store.records import QueueKey
+    from leveret.broker.vhost import VirtualHost
 
 Moved = list[tuple["QueueKey", int]] | tuple
 """Stored copies (queue, id) a message replaces: released as it is stored or enqueued."""

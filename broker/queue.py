@@ -17,18 +17,18 @@ from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from broker.deadletter import dead_letter
-from broker.message import Entry, Message, copy_properties, stored_message
-from broker.ready import FifoReady, PriorityReady, spillable
-from broker.store.records import CorruptRecord
-from protocol.tables import Long, content_header
+from leveret.broker.deadletter import dead_letter
+from leveret.broker.message import Entry, Message, copy_properties, stored_message
+from leveret.broker.ready import FifoReady, PriorityReady, spillable
+from leveret.broker.store.records import CorruptRecord
+from leveret.protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
-    from broker.connection import Connection
-    from broker.consumer import Consumer
-    from broker.exchange import Exchange
-    from broker.vhost import VirtualHost
+    from leveret.broker.channel import Channel
+    from leveret.broker.connection import Connection
+    from leveret.broker.consumer import Consumer
+    from leveret.broker.exchange import Exchange
+    from leveret.broker.vhost import VirtualHost
 
 
 log = logging.getLogger(__name__)

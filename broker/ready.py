@@ -10,7 +10,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from broker.message import Entry
+from leveret.broker.message import Entry
 
 
 def _seq(entry: Entry) -> int:

@@ -8,16 +8,16 @@ import os
 import shutil
 from array import array
 
-from broker import __version__, delayed
-from broker.config import BrokerConfig
-from broker.connection import Connection
-from broker.dispatcher import Dispatcher
-from broker.message import stored_message
-from broker.store import MessageStore
-from broker.store.records import CorruptRecord
-from broker.store.store import Recovered
-from broker.vhost import VirtualHost
-from protocol import constants as c
+from leveret.broker import __version__, delayed
+from leveret.broker.config import BrokerConfig
+from leveret.broker.connection import Connection
+from leveret.broker.dispatcher import Dispatcher
+from leveret.broker.message import stored_message
+from leveret.broker.store import MessageStore
+from leveret.broker.store.records import CorruptRecord
+from leveret.broker.store.store import Recovered
+from leveret.broker.vhost import VirtualHost
+from leveret.protocol import constants as c
 
 log = logging.getLogger(__name__)
 

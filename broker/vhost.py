@@ -10,20 +10,20 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.arguments import check_equivalent_arguments, type_name, validate_queue_arguments
-from broker.delayed import DelayedMessages
-from broker.direct_reply import REPLY_PREFIX
-from broker.exchange import BUILTIN_TYPES, DELAYED_TYPE, Exchange
-from broker.queue import Queue
-from broker.routing import freeze
-from broker.store.definitions import decode_table, encode_table
-from protocol import errors
+from leveret.broker.arguments import check_equivalent_arguments, type_name, validate_queue_arguments
+from leveret.broker.delayed import DelayedMessages
+from leveret.broker.direct_reply import REPLY_PREFIX
+from leveret.broker.exchange import BUILTIN_TYPES, DELAYED_TYPE, Exchange
+from leveret.broker.queue import Queue
+from leveret.broker.routing import freeze
+from leveret.broker.store.definitions import decode_table, encode_table
+from leveret.protocol import errors
 
 if TYPE_CHECKING:
-    from broker.connection import Connection
-    from broker.dispatcher import Dispatcher
-    from broker.message import Message
-    from broker.store import MessageStore
+    from leveret.broker.connection import Connection
+    from leveret.broker.dispatcher import Dispatcher
+    from leveret.broker.message import Message
+    from leveret.broker.store import MessageStore
 
 PREDECLARED = (
     ("amq.direct", "direct"),

@@ -6,7 +6,7 @@ detail text; the reply text is then written as RabbitMQ writes it, ``"NOT_FOUND 
 
 from __future__ import annotations
 
-from protocol import constants as c
+from leveret.protocol import constants as c
 
 
 class AMQPError(Exception):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import struct
 
-from protocol import constants as c
-from protocol.errors import FrameError, SyntaxError_
-from protocol.framing import append_content, erlang_octets
+from leveret.protocol import constants as c
+from leveret.protocol.errors import FrameError, SyntaxError_
+from leveret.protocol.framing import append_content, erlang_octets
 
 _HDR = struct.Struct(">BHI")
 _Q = struct.Struct(">Q")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from protocol import constants as c
-from protocol.errors import FrameError
+from leveret.protocol import constants as c
+from leveret.protocol.errors import FrameError
 
 _FRAME_HEADER = struct.Struct(">BHI")
 _pack_header = _FRAME_HEADER.pack

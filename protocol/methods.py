@@ -21,10 +21,10 @@ from typing import Any
 
 from pamqp import base, commands, encode
 
-from protocol import constants as c
-from protocol.errors import CommandInvalid, FrameError, SyntaxError_
-from protocol.framing import erlang_octets, method_frame, octets
-from protocol.validate import decode_table
+from leveret.protocol import constants as c
+from leveret.protocol.errors import CommandInvalid, FrameError, SyntaxError_
+from leveret.protocol.framing import erlang_octets, method_frame, octets
+from leveret.protocol.validate import decode_table
 
 _METHOD_INDEX = struct.Struct(">I")
 _FIXED = {"octet": struct.Struct(">B"), "short": struct.Struct(">H"),

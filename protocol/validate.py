@@ -37,8 +37,8 @@ from typing import Any
 
 from pamqp import commands
 
-from protocol.errors import SyntaxError_
-from protocol.tables import Double, Timestamp
+from leveret.protocol.errors import SyntaxError_
+from leveret.protocol.tables import Double, Timestamp
 
 _L = struct.Struct(">L")
 _L_unpack = _L.unpack_from

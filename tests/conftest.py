@@ -47,7 +47,7 @@ def _embedded_broker() -> Iterator[object]:
     if EXTERNAL_URL:
         yield None
         return
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(host="127.0.0.1", port=0) as embedded:
         yield embedded

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from broker.message import Message
-from broker.store.records import CorruptRecord, Published, QueueKey
+from leveret.broker.message import Message
+from leveret.broker.store.records import CorruptRecord, Published, QueueKey
 
 
 class FakeStore:

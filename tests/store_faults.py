@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.store.writer import StoreIO
+from leveret.broker.store.writer import StoreIO
 
 
 class FaultyIO(StoreIO):

@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 def _start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "leveret", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(tmp_path / "data")],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
@@ -43,7 +43,7 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen[str]:
 
 
 def test_version() -> None:
-    out = subprocess.run([sys.executable, "-m", "broker", "--version"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "leveret", "--version"], capture_output=True,
                          text=True, timeout=30, check=True)
     assert out.stdout.startswith("leveret ")
 

@@ -7,7 +7,7 @@ import pytest
 from pamqp import commands
 from pika.exceptions import ConnectionClosedByBroker
 
-from broker import handlers
+from leveret.broker import handlers
 
 pytestmark = pytest.mark.leveret_only
 
@@ -54,7 +54,7 @@ def test_message_above_max_size_is_406() -> None:
     """max_message_size as RabbitMQ's: a bigger body closes the channel with 406."""
     from pika.exceptions import ChannelClosedByBroker
 
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(max_message_size=4096) as embedded:
         conn = pika.BlockingConnection(pika.URLParameters(embedded.url))

@@ -270,7 +270,7 @@ def _check_consumer_timeout(url: str, timeout: float, queue_args: dict[str, Any]
 @pytest.mark.leveret_only
 def test_broker_consumer_timeout_cancels_consumer() -> None:
     """BrokerConfig.consumer_timeout (seconds) on a broker of its own."""
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(port=0, consumer_timeout=0.5) as embedded:
         _check_consumer_timeout(embedded.url, 0.5, {})

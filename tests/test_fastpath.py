@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pamqp import commands
 
-from protocol import fastpath
-from protocol.methods import decode_method, encode_method, make
+from leveret.protocol import fastpath
+from leveret.protocol.methods import decode_method, encode_method, make
 
 # pamqp's validation accepts only this alphabet; our codecs accept any UTF-8.
 pamqp_names = st.text(alphabet="abcXYZ019-_.:@#,/+ ", max_size=60)

@@ -19,8 +19,8 @@ from pamqp import commands
 from rawamqp import RawClient, connect
 from test_persistence import BrokerProcess
 
-from broker.embedded import EmbeddedBroker
-from broker.server import resident_memory
+from leveret.broker.embedded import EmbeddedBroker
+from leveret.broker.server import resident_memory
 
 pytestmark = pytest.mark.leveret_only
 

@@ -11,10 +11,10 @@ from pamqp import commands
 from pamqp import frame as pamqp_frame
 from pamqp.header import ContentHeader
 
-from protocol import constants as c
-from protocol.errors import AMQPError, FrameError
-from protocol.framing import FrameReader, append_content, method_frame, unfuse
-from protocol.methods import decode_method, encode_method, make
+from leveret.protocol import constants as c
+from leveret.protocol.errors import AMQPError, FrameError
+from leveret.protocol.framing import FrameReader, append_content, method_frame, unfuse
+from leveret.protocol.methods import decode_method, encode_method, make
 
 FRAME_MAX = 131072
 

@@ -69,9 +69,9 @@ from pamqp import commands
 from pika_helpers import pika_channel
 from rawamqp import ConnectionClosedByPeer, RawClient, connect, encode_raw_frame
 
-from protocol import constants as pc
-from protocol.errors import SyntaxError_
-from protocol.validate import check_content_header, decode_table
+from leveret.protocol import constants as pc
+from leveret.protocol.errors import SyntaxError_
+from leveret.protocol.validate import check_content_header, decode_table
 
 FUZZ_EXAMPLES = 120
 SLOW_EXAMPLES = int(os.environ.get("LEVERET_FUZZ_EXAMPLES", "3000"))
@@ -1316,7 +1316,7 @@ mutated_cases = st.builds(Case, frame_maxes, action_lists,
 
 @contextlib.contextmanager
 def fuzzing(broker: BrokerAddress, caplog: pytest.LogCaptureFixture) -> Any:
-    caplog.set_level(logging.ERROR, logger="broker")
+    caplog.set_level(logging.ERROR, logger="leveret")
     caplog.set_level(logging.ERROR, logger="asyncio")
     bystander = Bystander(broker)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.routing import HeadersTable, TopicTable, headers_match
+from leveret.broker.routing import HeadersTable, TopicTable, headers_match
 
 words = st.sampled_from(["a", "b", "c", ""])
 keys = st.lists(words, max_size=5).map(".".join)

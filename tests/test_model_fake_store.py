@@ -12,12 +12,12 @@ import pytest
 from fake_store import FakeStore
 from pamqp import commands
 
-from broker.dispatcher import Dispatcher
-from broker.message import Message
-from broker.publish import publish
-from broker.vhost import VirtualHost
-from protocol import fastpath
-from protocol.tables import content_header
+from leveret.broker.dispatcher import Dispatcher
+from leveret.broker.message import Message
+from leveret.broker.publish import publish
+from leveret.broker.vhost import VirtualHost
+from leveret.protocol import fastpath
+from leveret.protocol.tables import content_header
 
 
 def _message(body: bytes, key: str, exchange: str = "", **properties: object) -> Message:

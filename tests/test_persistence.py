@@ -53,7 +53,7 @@ class BrokerProcess:
             [
                 sys.executable,
                 "-m",
-                "broker",
+                "leveret",
                 "serve",
                 "--port",
                 str(self.port),
@@ -242,7 +242,7 @@ def _segments_settle_to(segments: Path, most: int, timeout: float = 5.0) -> int:
 
 def test_acked_segments_are_deleted(tmp_path: Path) -> None:
     """Segments are removed once everything in them and before them is acknowledged."""
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(data_dir=tmp_path / "d") as embedded:
         embedded.broker.store.segment_limit = 64 * 1024  # roll often
@@ -263,7 +263,7 @@ def test_acked_segments_are_deleted(tmp_path: Path) -> None:
 
 
 def _write_messages(data_dir: Path, count: int) -> None:
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(data_dir=data_dir) as embedded:
         conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
@@ -278,7 +278,7 @@ def _write_messages(data_dir: Path, count: int) -> None:
 
 
 def _read_messages(data_dir: Path) -> list[bytes]:
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(data_dir=data_dir) as embedded:
         conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
@@ -320,7 +320,7 @@ def test_other_format_version_is_refused(tmp_path: Path) -> None:
     data.mkdir()
     (data / "FORMAT").write_text("leveret-store 0\n")
     result = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--port", "0", "--data-dir", str(data)],
+        [sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", str(data)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -334,7 +334,7 @@ def test_two_brokers_cannot_share_a_data_dir(broker_process: BrokerProcess) -> N
         [
             sys.executable,
             "-m",
-            "broker",
+            "leveret",
             "serve",
             "--port",
             "0",
@@ -351,8 +351,8 @@ def test_two_brokers_cannot_share_a_data_dir(broker_process: BrokerProcess) -> N
 
 def test_confirms_wait_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A persistent publish is confirmed only after an fsync of the log."""
-    from broker.embedded import EmbeddedBroker
-    from broker.store import segments
+    from leveret.broker.embedded import EmbeddedBroker
+    from leveret.broker.store import segments
 
     synced: list[float] = []
     real_fsync = os.fsync
@@ -376,8 +376,8 @@ def test_confirms_wait_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_long_backlog_lives_on_disk_and_comes_back_in_order(tmp_path: Path) -> None:
     """Past the in-memory limit a durable queue keeps only ids; order and content survive
     spilling, a restart, purge of ready messages and requeues."""
-    from broker import queue as queue_module
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker import queue as queue_module
+    from leveret.broker.embedded import EmbeddedBroker
 
     data = tmp_path / "d"
     count = 3000
@@ -412,7 +412,7 @@ def test_long_backlog_lives_on_disk_and_comes_back_in_order(tmp_path: Path) -> N
 
 
 def test_purge_keeps_unacked_messages_over_a_restart(tmp_path: Path) -> None:
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     data = tmp_path / "d"
     with EmbeddedBroker(data_dir=data) as embedded:
@@ -487,7 +487,7 @@ def test_delayed_message_keeps_its_expiration_across_a_restart(
 
 def test_one_old_message_does_not_pin_the_log(tmp_path: Path) -> None:
     """A long-lived message keeps its own segment, not every segment written after it."""
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     data = tmp_path / "d"
     with EmbeddedBroker(data_dir=data) as embedded:
@@ -516,7 +516,7 @@ def test_one_old_message_does_not_pin_the_log(tmp_path: Path) -> None:
 
 def test_segments_roll_under_a_steady_stream(tmp_path: Path) -> None:
     """With an fsync always in flight, the log still moves on to new segment files."""
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(data_dir=tmp_path / "d") as embedded:
         embedded.broker.store.segment_limit = 64 * 1024
@@ -534,7 +534,7 @@ def test_segments_roll_under_a_steady_stream(tmp_path: Path) -> None:
 
 def test_disk_alarm_blocks_and_unblocks_publishers(tmp_path: Path) -> None:
     """Free disk below the limit: connection.blocked, as RabbitMQ's disk alarm; then unblocked."""
-    from broker.embedded import EmbeddedBroker
+    from leveret.broker.embedded import EmbeddedBroker
 
     with EmbeddedBroker(
         data_dir=tmp_path / "d", disk_free_limit=0, resource_check_interval=0.1

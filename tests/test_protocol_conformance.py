@@ -807,13 +807,13 @@ def test_pre_login_failures_log_one_line_each_rate_limited_per_address(
 ) -> None:
     """Each failed handshake logs one line, without a traceback, and one address gets at
     most PEER_LOG_LINES lines (plus one saying the rest is suppressed) per window."""
-    from broker import connection
+    from leveret.broker import connection
 
     monkeypatch.setattr(connection, "_peer_log", {})
     monkeypatch.setattr(connection, "PEER_LOG_WINDOW", 60.0)
     broker = BrokerAddress("127.0.0.1", embedded.port)
     oversize = encode_raw_frame(FRAME_METHOD, 0, start_ok_of_size(4097))
-    with caplog.at_level(logging.INFO, logger="broker.connection"):
+    with caplog.at_level(logging.INFO, logger="leveret.broker.connection"):
         with started(broker) as c:
             c.send_raw(oversize)
             deadline = time.monotonic() + 3
@@ -826,7 +826,7 @@ def test_pre_login_failures_log_one_line_each_rate_limited_per_address(
                 c.send_raw(b"HTTP/1.1")
                 c.expect_socket_closed()
         time.sleep(0.1)
-    lines = [r for r in caplog.records if r.name == "broker.connection"]
+    lines = [r for r in caplog.records if r.name == "leveret.broker.connection"]
     assert len(lines) == connection.PEER_LOG_LINES + 1, [r.getMessage() for r in lines]
     assert "suppressed" in lines[-1].getMessage()
     assert not [r for r in lines if r.exc_info]

@@ -486,7 +486,7 @@ def test_delayed_exchange_needs_a_valid_type(
 def _serve(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
     """A Leveret broker in its own process (so the test's clients do not share its GIL)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "leveret", "serve", "--port", "0", "--data-dir", str(tmp_path)],
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.message import Entry, Message
-from broker.ready import FifoReady, spillable
+from leveret.broker.message import Entry, Message
+from leveret.broker.ready import FifoReady, spillable
 
 ROUTE = b"\x00\x01q"
 HEADER = b"\x00\x3c\x00\x00" + bytes(8) + b"\x00\x00"

@@ -22,9 +22,9 @@ import pika.exceptions
 import pytest
 from store_faults import EIO, ENOSPC, FaultyIO
 
-from broker.embedded import EmbeddedBroker
-from broker.store import records
-from broker.store.recovery import recover
+from leveret.broker.embedded import EmbeddedBroker
+from leveret.broker.store import records
+from leveret.broker.store.recovery import recover
 
 pytestmark = pytest.mark.leveret_only
 
@@ -337,7 +337,7 @@ def test_a_torn_tail_of_the_newest_segment_is_cut(data: Path) -> None:
 def test_a_damaged_definitions_file_falls_back_to_the_last_good_copy(
     data: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from broker.store import definitions
+    from leveret.broker.store import definitions
 
     monkeypatch.setattr(definitions, "MIN_SNAPSHOT_CHANGES", 4)
     with EmbeddedBroker(data_dir=data) as broker:
@@ -488,7 +488,7 @@ def test_a_transient_queue_keeps_its_copy_when_the_durable_one_is_gone(data: Pat
 def test_spilled_messages_expire_and_dead_letter_with_their_bodies(
     data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import queue as queue_module
+    from leveret.broker import queue as queue_module
 
     monkeypatch.setattr(queue_module, "SPILL_AT", 50)
     monkeypatch.setattr(queue_module, "SPILL_KEEP", 10)
@@ -513,7 +513,7 @@ def test_spilled_messages_expire_and_dead_letter_with_their_bodies(
 def test_ttl_is_enforced_after_a_restart_for_messages_on_disk_only(
     data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import queue as queue_module
+    from leveret.broker import queue as queue_module
 
     monkeypatch.setattr(queue_module, "SPILL_AT", 50)
     monkeypatch.setattr(queue_module, "SPILL_KEEP", 10)
@@ -561,7 +561,7 @@ def test_a_delayed_message_is_not_delivered_again_after_a_restart(data: Path) ->
 def test_a_message_that_breaks_dead_lettering_does_not_stop_expiry(
     data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import deadletter
+    from leveret.broker import deadletter
 
     real = deadletter.with_death
 
@@ -590,7 +590,7 @@ def test_a_message_that_breaks_dead_lettering_does_not_stop_expiry(
 def test_a_failing_resource_check_keeps_the_alarms_working(
     data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from broker import server
+    from leveret.broker import server
 
     calls = {"n": 0}
     real = shutil.disk_usage

@@ -17,8 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from broker.message import Message
-from broker.store.store import MessageStore
+from leveret.broker.message import Message
+from leveret.broker.store.store import MessageStore
 
 ROUTE = b"\x00\x01q"
 HEADER = b"\x00\x3c\x00\x00" + bytes(8) + b"\x00\x00"

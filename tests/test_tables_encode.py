@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import commands, encode
 
-from protocol.tables import Long, Timestamp, content_header, encode_table, encode_value
-from protocol.validate import decode_properties, decode_table
+from leveret.protocol.tables import Long, Timestamp, content_header, encode_table, encode_value
+from leveret.protocol.validate import decode_properties, decode_table
 
 # ------------------------------------------------------- the recursive encoder, as reference
 _I = struct.Struct(">i")

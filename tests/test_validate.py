@@ -16,9 +16,9 @@ from pamqp import commands
 from pamqp import decode as pdecode
 from pamqp.header import ContentHeader
 
-from protocol.errors import SyntaxError_
-from protocol.tables import Double, Timestamp, content_header, encode_table
-from protocol.validate import check_content_header, decode_properties, decode_table
+from leveret.protocol.errors import SyntaxError_
+from leveret.protocol.tables import Double, Timestamp, content_header, encode_table
+from leveret.protocol.validate import check_content_header, decode_properties, decode_table
 
 SLOTS = commands.Basic.Properties.__slots__
 MAX_MS = 253_402_214_400_000  # 9999-12-31 in ms: the last timestamp datetime holds

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from broker.handlers import basic, channel, confirm, exchange, queue, tx
+from leveret.broker.handlers import basic, channel, confirm, exchange, queue, tx
 
 Handler = Callable[[Any, Any], None]
 

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
-from broker import direct_reply
-from broker.arguments import validate_consumer_priority
-from broker.consumer import Consumer
-from protocol import errors
-from protocol.methods import make
+from leveret.broker import direct_reply
+from leveret.broker.arguments import validate_consumer_priority
+from leveret.broker.consumer import Consumer
+from leveret.protocol import errors
+from leveret.protocol.methods import make
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
+    from leveret.broker.channel import Channel
 
 
 def qos(ch: Channel, m: commands.Basic.Qos) -> None:

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
-from protocol import errors
+from leveret.protocol import errors
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
+    from leveret.broker.channel import Channel
 
 
 def select(ch: Channel, m: commands.Confirm.Select) -> None:

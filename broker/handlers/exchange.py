@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pamqp import commands
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
+    from leveret.broker.channel import Channel
 
 
 def declare(ch: Channel, m: commands.Exchange.Declare) -> None:

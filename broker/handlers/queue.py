@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
-from broker import direct_reply
-from protocol import errors
-from protocol.methods import make
+from leveret.broker import direct_reply
+from leveret.protocol import errors
+from leveret.protocol.methods import make
 
 if TYPE_CHECKING:
-    from broker.channel import Channel
-    from broker.queue import Queue
+    from leveret.broker.channel import Channel
+    from leveret.broker.queue import Queue
 
 
 def _queue_name(ch: Channel, name: str) -> str:

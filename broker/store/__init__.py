@@ -14,6 +14,6 @@ fsyncs), ``recovery`` (replaying the log), ``compactor`` (bounding disk use),
 ``definitions`` (the definitions log) and ``store`` (the contract with the model).
 """
 
-from broker.store.store import MessageStore, StoreError
+from leveret.broker.store.store import MessageStore, StoreError
 
 __all__ = ["MessageStore", "StoreError"]

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.store import records
-from broker.store.index import FileIndex
-from broker.store.records import QueueKey
-from broker.store.segments import merge_path, read_at, segment_path
+from leveret.broker.store import records
+from leveret.broker.store.index import FileIndex
+from leveret.broker.store.records import QueueKey
+from leveret.broker.store.segments import merge_path, read_at, segment_path
 
 if TYPE_CHECKING:
-    from broker.store.store import MessageStore
+    from leveret.broker.store.store import MessageStore
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from broker.store import records
-from protocol import tables, validate
+from leveret.broker.store import records
+from leveret.protocol import tables, validate
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from broker.store.records import SEGMENT_SHIFT, QueueKey
+from leveret.broker.store.records import SEGMENT_SHIFT, QueueKey
 
 
 @dataclass(eq=False)

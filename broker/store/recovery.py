@@ -16,10 +16,10 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.store import records
-from broker.store.index import FileIndex, Index
-from broker.store.records import QueueKey
-from broker.store.segments import list_segments, segment_path
+from leveret.broker.store import records
+from leveret.broker.store.index import FileIndex, Index
+from leveret.broker.store.records import QueueKey
+from leveret.broker.store.segments import list_segments, segment_path
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import os
 import zlib
 from pathlib import Path
 
-from broker.store import records
+from leveret.broker.store import records
 
 SEGMENT_LIMIT = 64 * 1024 * 1024  # start a new segment file past this size
 

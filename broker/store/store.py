@@ -32,17 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from broker.store import definitions as defs
-from broker.store import records
-from broker.store.compactor import Compactor
-from broker.store.index import FileIndex, Index
-from broker.store.records import QueueKey
-from broker.store.recovery import RecoveredQueue, recover
-from broker.store.segments import SEGMENT_LIMIT, SegmentReader, segment_path
-from broker.store.writer import Append, Job, Op, Replace, Seal, StoreIO, Unlink, Writer
+from leveret.broker.store import definitions as defs
+from leveret.broker.store import records
+from leveret.broker.store.compactor import Compactor
+from leveret.broker.store.index import FileIndex, Index
+from leveret.broker.store.records import QueueKey
+from leveret.broker.store.recovery import RecoveredQueue, recover
+from leveret.broker.store.segments import SEGMENT_LIMIT, SegmentReader, segment_path
+from leveret.broker.store.writer import Append, Job, Op, Replace, Seal, StoreIO, Unlink, Writer
 
 if TYPE_CHECKING:
-    from broker.message import Message
+    from leveret.broker.message import Message
 
 log = logging.getLogger(__name__)
 

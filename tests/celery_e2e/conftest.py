@@ -1,6 +1,6 @@
 """Processes for the Celery end-to-end tests: a Leveret subprocess, Celery workers, beat, CLI.
 
-Everything runs as a real process: ``python -m broker serve`` on a free port with a temporary
+Everything runs as a real process: ``python -m leveret serve`` on a free port with a temporary
 data directory, ``python -m celery -A tests.celery_e2e.app worker|beat|inspect|control|purge``
 with the broker URL in ``LEVERET_E2E_BROKER_URL``. Every process writes its output to a log
 file; when a test fails, the tails of the logs of the processes still registered are attached
@@ -77,7 +77,7 @@ def tail(path: Path, lines: int = 60) -> str:
 
 
 class Leveret:
-    """``python -m broker serve`` in a subprocess, stoppable and restartable on the same port."""
+    """``python -m leveret serve`` in a subprocess, stoppable and restartable on the same port."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
@@ -101,7 +101,7 @@ class Leveret:
             log.write(f"\n===== leveret start #{self.starts} =====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [PYTHON, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                [PYTHON, "-m", "leveret", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                  "--data-dir", str(self.data_dir), "--log-level", "debug"],
                 cwd=BROKER_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
