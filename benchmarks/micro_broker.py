@@ -86,7 +86,11 @@ async def run(messages: int, size: int, ack: bool, batch: int,
     ))
     if data_dir:
         publisher.data_received(frames((1, commands.Confirm.Select())))
-    await asyncio.sleep(0)
+    queues = broker.vhosts["/"].queues
+    for _ in range(500):  # a durable declare-ok waits for its fsync: so does the consume
+        await asyncio.sleep(0.002)
+        if "bench" in queues and queues["bench"].consumers:
+            break
     body = b"x" * size
     properties = commands.Basic.Properties(delivery_mode=2 if data_dir else None)
     one = frames((1, commands.Basic.Publish(exchange="", routing_key="bench")),

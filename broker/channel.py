@@ -818,27 +818,29 @@ class Channel:
                 return
 
     def throttle(self, queue: Queue) -> None:
-        """``queue`` is past its flow limit: hold this channel's next publishes (not in a
-        transaction: its publishes wait for tx.commit anyway)."""
+        """``queue`` is past its flow limit: this channel's publishes must wait (not in a
+        transaction: its publishes wait for tx.commit anyway). The connection decides how:
+        it stops reading, or keeps reading and has the channel hold them."""
         if self.tx_mode:
             return
         if queue not in self.throttled_by:
             self.throttled_by.add(queue)
             queue.throttled.add(self)
-            if self.inbox is None:
-                self.inbox = deque()
+            self.connection.flow_changed()
 
     def unthrottle(self, queue: Queue) -> None:
         self.throttled_by.discard(queue)
         self._resume_soon()
+        self.connection.flow_changed()
 
-    def alarm_changed(self) -> None:
-        """A resource alarm was raised or cleared for the connection."""
-        if self.throttled:
-            if self.inbox is None:
-                self.inbox = deque()
-        else:
-            self._resume_soon()
+    def hold_publishes(self) -> None:
+        """The connection keeps reading while this channel is throttled: hold publishes."""
+        if self.inbox is None:
+            self.inbox = deque()
+
+    def wake_held(self) -> None:
+        """Something that held this channel's frames may have lifted: look again."""
+        self._resume_soon()
 
     def _resume_soon(self) -> None:
         if self.inbox is not None and not self._resume_scheduled:

@@ -45,8 +45,7 @@ _CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 OUT_BATCH_PARTS = 6 * 1024
 OUT_BATCH_BYTES = 1024 * 1024  # and message bodies
 
-HOLD_LIMIT = 1024 * 1024  # held frames past which a connection may stop being read
-HOLD_HARD_LIMIT = 64 * 1024 * 1024  # ... and past which it stops being read in any case
+HOLD_HARD_LIMIT = 64 * 1024 * 1024  # held frames past which reading stops in any case
 _SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
 
 # States of the connection's life.
@@ -224,7 +223,7 @@ class Connection(asyncio.Protocol):
             self.close_with_error(error)
         except Exception as error:
             self._internal_error(error)
-        if self.held_bytes > HOLD_LIMIT and not self.reading_paused:
+        if self.held_bytes and not self.reading_paused:
             self._update_reading()
 
     def _frame(self, frame_type: int, number: int, payload: object) -> None:
@@ -629,24 +628,28 @@ class Connection(asyncio.Protocol):
     # -- flow control ----------------------------------------------------------------------
     # Publishers are slowed per channel (see Channel.must_hold): a throttled channel's
     # publishes wait in its inbox while everything else keeps flowing. The socket stops being
-    # read only when held frames pass HOLD_LIMIT (or an alarm blocks a publisher) and this
-    # connection holds no unacknowledged delivery: then nothing it could send would drain a
-    # queue, so pausing cannot deadlock a consumer on the same connection. Past
-    # HOLD_HARD_LIMIT reading stops regardless. While reading is paused the heartbeat
-    # monitor is suspended (the broker, not the client, is the one not reading).
+    # read when a channel holds frames (or an alarm blocks a publisher) and this connection
+    # holds no unacknowledged delivery: then nothing it could send would drain a queue, so
+    # pausing cannot deadlock a consumer on the same connection, and the kernel rather than
+    # the broker buffers what a fast publisher sends. Past HOLD_HARD_LIMIT reading stops
+    # regardless. While reading is paused the heartbeat monitor is suspended (the broker,
+    # not the client, is the one not reading).
 
     def held(self, delta: int) -> None:
         """A channel held (or let go of) ``delta`` bytes of frames."""
         before = self.held_bytes
-        self.held_bytes = before + delta
-        if (before <= HOLD_LIMIT) != (self.held_bytes <= HOLD_LIMIT) or (
-                self.held_bytes > HOLD_HARD_LIMIT):
+        self.held_bytes = after = before + delta
+        if (not before) != (not after) or after > HOLD_HARD_LIMIT:
             self._update_reading()
 
     def delivery_unacked(self) -> None:
         """A delivery now awaits this client's ack: read it, so the ack can arrive."""
         if self.reading_paused:
             self._update_reading()
+
+    def flow_changed(self) -> None:
+        """A channel of this connection was throttled or released."""
+        self._update_reading()
 
     def block(self, reason: str) -> None:
         """connection.blocked: tell the client (if it understands) and hold its publishes."""
@@ -655,8 +658,6 @@ class Connection(asyncio.Protocol):
         self.blocked_reason = reason
         if self.client_capability("connection.blocked"):
             self.send_method(0, make(commands.Connection.Blocked, reason=reason))
-        for channel in self.channels.values():
-            channel.alarm_changed()
         self._update_reading()
 
     def unblock(self) -> None:
@@ -666,7 +667,7 @@ class Connection(asyncio.Protocol):
         if self.client_capability("connection.blocked"):
             self.send_method(0, commands.Connection.Unblocked())
         for channel in self.channels.values():
-            channel.alarm_changed()
+            channel.wake_held()
         self._update_reading()
 
     def started_publishing(self) -> None:
@@ -683,8 +684,13 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         held = self.held_bytes
-        paused = (held > HOLD_LIMIT or (self.blocked_reason is not None and self.has_published)
-                  ) and not self._holds_deliveries()
+        flow = any(channel.throttled_by for channel in self.channels.values())
+        alarm = self.blocked_reason is not None and self.has_published
+        paused = bool(flow or held or alarm) and not self._holds_deliveries()
+        if not paused and (flow or alarm):  # reading goes on: publishes are held instead
+            for channel in self.channels.values():
+                if channel.throttled:
+                    channel.hold_publishes()
         if held > HOLD_HARD_LIMIT:
             if not self._hard_limit_logged:
                 self._hard_limit_logged = True

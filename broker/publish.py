@@ -102,8 +102,11 @@ def deliver(vhost: VirtualHost, queues: list[Queue], message: Message,
     """Store ``message`` for the durable queues among ``queues`` (once), then enqueue it in
     each. Returns True when some queue refused it."""
     store = vhost.store
-    if len(queues) == 1 and not moved and (store is None or not message.persistent):
-        return not queues[0].enqueue(message)  # the common case: one queue, in memory
+    if len(queues) == 1 and not moved:  # the common case: one queue
+        queue = queues[0]
+        if store is None or not message.persistent or not queue.persists:
+            return not queue.enqueue(message)
+        return not queue.enqueue(message, store.publish(message, queue.store_keys))
     msg_id = None
     if store is not None and message.persistent:
         durable = [queue.store_key for queue in queues if queue.persists]

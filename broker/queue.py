@@ -113,6 +113,7 @@ class Queue:
         # Messages of a durable, shared queue are kept in the store (if the broker has one).
         self.persists = durable and exclusive_owner is None and vhost.store is not None
         self.store_key = (vhost.name, name)
+        self.store_keys = [self.store_key]  # (the store's argument for this queue alone)
         if self.persists and isinstance(self.ready, FifoReady):
             self.ready.loader = self._load_spilled
             self.ready.can_spill = self._can_spill

@@ -21,6 +21,8 @@ class FaultyIO(StoreIO):
     first puts ``partial`` bytes into the file, as a real short write would.
     """
 
+    synchronous_writes = False  # write, then fsync: the faults below are injected there
+
     def __init__(self) -> None:
         self.fsync_delay = 0.0
         self.write_error: int | None = None
@@ -33,8 +35,8 @@ class FaultyIO(StoreIO):
         self._paths: dict[int, Path] = {}
         self._lock = threading.Lock()
 
-    def open(self, path: Path) -> int:
-        fd = super().open(path)
+    def open(self, path: Path, sync: bool = False) -> int:
+        fd = super().open(path, sync)
         self._paths[fd] = path
         return fd
 

@@ -172,7 +172,7 @@ class Compactor:
             target=numbers[-1],
             sources=sources,
             partial={i: set(q) for i, q in index.partial.items() if low <= i < high},
-            delivered={i: set(q) for i, q in index.delivered.items() if low <= i < high},
+            delivered={i: index.delivered_to(i) for i in index.delivered if low <= i < high},
             ticket=store.issued,
         )
         directory = store.segment_dir

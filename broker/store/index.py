@@ -59,8 +59,24 @@ class Index:
         self.home: dict[int, int] = {}  # segment number of an id -> file that holds it now
         # Messages that some of their queues have let go: id -> those queues.
         self.partial: dict[int, set[QueueKey]] = {}
-        # Messages handed out (unacknowledged) by durable queues: id -> those queues.
-        self.delivered: dict[int, set[QueueKey]] = {}
+        # Messages handed out (unacknowledged) by durable queues: id -> that queue, or the
+        # set of them when several did (the common case costs no set).
+        self.delivered: dict[int, QueueKey | set[QueueKey]] = {}
+
+    def mark_delivered(self, msg_id: int, queue: QueueKey) -> None:
+        found = self.delivered.get(msg_id)
+        if found is None:
+            self.delivered[msg_id] = queue
+        elif isinstance(found, set):
+            found.add(queue)
+        elif found != queue:
+            self.delivered[msg_id] = {found, queue}
+
+    def delivered_to(self, msg_id: int) -> set[QueueKey]:
+        found = self.delivered.get(msg_id)
+        if found is None:
+            return set()
+        return set(found) if isinstance(found, set) else {found}
 
     def file_of(self, msg_id: int) -> FileIndex | None:
         number = msg_id >> SEGMENT_SHIFT
@@ -84,19 +100,26 @@ class Index:
 
     def release(self, msg_id: int, queue: QueueKey, ticket: int) -> bool:
         """``queue`` let the message go; False if no such live reference was known."""
-        located = self.locate(msg_id)
-        if located is None:
+        number = msg_id >> SEGMENT_SHIFT  # (locate, inlined: once per ack)
+        found = self.files.get(self.home.get(number, number) if self.home else number)
+        if found is None:
             return False
-        found, ordinal = located
+        ids = found.ids
+        ordinal = bisect_left(ids, msg_id)
+        if ordinal == len(ids) or ids[ordinal] != msg_id:
+            return False
         refs = found.refs[ordinal]
         if not refs:
             return False
         refs -= 1
         found.refs[ordinal] = refs
-        delivered = self.delivered.get(msg_id)
+        delivered = self.delivered.get(msg_id) if self.delivered else None
         if delivered is not None:
-            delivered.discard(queue)
-            if not delivered:
+            if isinstance(delivered, set):
+                delivered.discard(queue)
+                if not delivered:
+                    del self.delivered[msg_id]
+            elif delivered == queue:
                 del self.delivered[msg_id]
         if refs:
             partial = self.partial.get(msg_id)
@@ -105,7 +128,8 @@ class Index:
             else:
                 partial.add(queue)
         else:
-            self.partial.pop(msg_id, None)
+            if self.partial:
+                self.partial.pop(msg_id, None)
             found.live -= 1
             found.live_bytes -= found.sizes[ordinal]
             found.kill_ticket = ticket

@@ -40,6 +40,7 @@ MAGIC = b"\xc3LV2"
 _HEADER = struct.Struct(">4sII")
 HEADER_SIZE = _HEADER.size
 _LENGTH = struct.Struct(">I")
+_HEAD = struct.Struct(">4s4sI")  # magic, the packed length, CRC
 _PUBLISH_FIXED = struct.Struct(">BQQ")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
@@ -78,16 +79,45 @@ def _queue_list(keys: list[QueueKey] | tuple[QueueKey, ...]) -> bytes:
 _NO_QUEUES = _U16.pack(0)
 
 
+_QUEUE_LISTS: dict[tuple[QueueKey, ...], bytes] = {}  # encoded queue lists, reused
+
+
+def _cached_queue_list(keys: list[QueueKey]) -> bytes:
+    key = tuple(keys)
+    found = _QUEUE_LISTS.get(key)
+    if found is None:
+        if len(_QUEUE_LISTS) >= 4096:
+            _QUEUE_LISTS.clear()
+        found = _QUEUE_LISTS[key] = _queue_list(keys)
+    return found
+
+
+def publish_parts(msg_id: int, published_ms: int, route_raw: bytes, header: bytes,
+                  body: bytes, queues: list[QueueKey], delivered: list[QueueKey] | tuple = (),
+                  moved: list[tuple[QueueKey, int]] | tuple = ()) -> tuple[bytes, bytes]:
+    """A PUBLISH record as (record header, record body): written one after the other, so
+    the message body is copied once."""
+    tail = _NO_QUEUES if not delivered else _queue_list(delivered)
+    if moved:
+        tail += _U16.pack(len(moved)) + b"".join(encode_queue(q) + _U64.pack(i)
+                                                 for q, i in moved)
+    else:
+        tail += _NO_QUEUES
+    content = b"".join((
+        _PUBLISH_FIXED.pack(PUBLISH, msg_id, published_ms), route_raw,
+        _U32.pack(len(header)), header, _U32.pack(len(body)), body,
+        _cached_queue_list(queues), tail,
+    ))
+    length = _LENGTH.pack(len(content))
+    return _HEAD.pack(MAGIC, length, zlib.crc32(content, zlib.crc32(length))), content
+
+
 def publish(msg_id: int, published_ms: int, route_raw: bytes, header: bytes, body: bytes,
             queues: list[QueueKey], delivered: list[QueueKey] | tuple = (),
             moved: list[tuple[QueueKey, int]] | tuple = ()) -> bytes:
-    moved_part = _NO_QUEUES if not moved else _U16.pack(len(moved)) + b"".join(
-        encode_queue(q) + _U64.pack(i) for q, i in moved)
-    return frame(b"".join((
-        _PUBLISH_FIXED.pack(PUBLISH, msg_id, published_ms), route_raw,
-        _U32.pack(len(header)), header, _U32.pack(len(body)), body,
-        _queue_list(queues), _queue_list(delivered) if delivered else _NO_QUEUES, moved_part,
-    )))
+    head, content = publish_parts(msg_id, published_ms, route_raw, header, body, queues,
+                                  delivered, moved)
+    return head + content
 
 
 def id_list(kind: int, queue: QueueKey, ids: list[int]) -> bytes:

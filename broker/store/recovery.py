@@ -218,4 +218,4 @@ def _count_references(replayer: _Replayer, index: Index) -> None:
         if found.delivered:
             found.delivered.intersection_update(live)
             for msg_id in found.delivered:
-                index.delivered.setdefault(msg_id, set()).add(key)
+                index.mark_delivered(msg_id, key)

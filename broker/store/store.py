@@ -100,6 +100,8 @@ class MessageStore:
         self.failed: str | None = None  # why writes are failing (they are retried)
         self.closing = False
         self.head = 1  # the segment being appended to
+        self._head_index = FileIndex(1)
+        self._head_path = segment_path(self.segment_dir, 1)
         self._head_size = 0  # its size once everything handed out is written
         self._parts: list[bytes] = []  # this group commit's bytes for the head segment
         self._parts_base = 0
@@ -143,6 +145,8 @@ class MessageStore:
             self._head_size = self.index.files[self.head].size
         else:
             self.index.files[self.head] = FileIndex(self.head)
+        self._head_index = self.index.files[self.head]
+        self._head_path = segment_path(self.segment_dir, self.head)
         self._parts_base = self._head_size
         self._written = (self.head << records.SEGMENT_SHIFT) | self._head_size
         self.writer = Writer(self.io, fsync=self.fsync, on_done=self._done_from_thread,
@@ -197,17 +201,22 @@ class MessageStore:
             self._roll()
         offset = self._head_size
         msg_id = (self.head << records.SEGMENT_SHIFT) | offset
-        record = records.publish(msg_id, int(time.time() * 1000), message.route_raw,
-                                 message.header, message.body, queues, (), moved)
-        self._parts.append(record)
-        self._head_size = offset + len(record)
+        head, content = records.publish_parts(msg_id, int(time.time() * 1000),
+                                              message.route_raw, message.header, message.body,
+                                              queues, (), moved)
+        parts = self._parts
+        parts.append(head)
+        parts.append(content)
+        size = len(head) + len(content)
+        self._head_size = offset + size
         self.issued = ticket = self.issued + 1
-        self.index.files[self.head].add(msg_id, offset, len(record), len(queues))
+        self._head_index.add(msg_id, offset, size, len(queues))
         for queue, old_id in moved:
             self.index.release(old_id, queue, ticket)
         if self.audit is not None:
-            self.audit[ticket] = (segment_path(self.segment_dir, self.head), self._head_size)
-        self._schedule()
+            self.audit[ticket] = (self._head_path, self._head_size)
+        if self._flush_handle is None:
+            self._schedule()
         return msg_id
 
     def remove(self, queue: QueueKey, msg_id: int) -> None:
@@ -219,14 +228,20 @@ class MessageStore:
                 self._removes[queue] = [msg_id]
             else:
                 found.append(msg_id)
-            self._schedule()
+            if self._flush_handle is None:
+                self._schedule()
 
     def delivered(self, queue: QueueKey, msg_id: int) -> None:
         """The message was handed to an acknowledging consumer (redelivered after a restart)."""
-        self.index.delivered.setdefault(msg_id, set()).add(queue)
+        self.index.mark_delivered(msg_id, queue)
         self.issued += 1
-        self._delivered.setdefault(queue, []).append(msg_id)
-        self._schedule()
+        found = self._delivered.get(queue)
+        if found is None:
+            self._delivered[queue] = [msg_id]
+        else:
+            found.append(msg_id)
+        if self._flush_handle is None:
+            self._schedule()
 
     def purge(self, queue: QueueKey, ids: list[int]) -> None:
         """The queue was deleted: it lets go of ``ids`` (all it held) and of its name."""
@@ -310,15 +325,16 @@ class MessageStore:
 
     def _roll(self) -> None:
         """Start a new segment: this group commit's bytes so far go to the old one."""
-        old = segment_path(self.segment_dir, self.head)
+        old = self._head_path
         if self._parts:
             self._ops.append(Append(old, self._parts_base, b"".join(self._parts)))
             self._parts = []
         self._ops.append(Seal(old))
-        self.index.files[self.head].size = self._head_size
+        self._head_index.size = self._head_size
         self.head += 1
         self._head_size = self._parts_base = 0
-        self.index.files[self.head] = FileIndex(self.head)
+        self._head_index = self.index.files[self.head] = FileIndex(self.head)
+        self._head_path = segment_path(self.segment_dir, self.head)
 
     def _encode_id_lists(self) -> None:
         for kind, lists in ((records.REMOVE, self._removes), (records.DELIVERED, self._delivered)):
@@ -339,11 +355,10 @@ class MessageStore:
         ops = self._ops
         self._ops = []
         if self._parts:
-            ops.append(Append(segment_path(self.segment_dir, self.head), self._parts_base,
-                              b"".join(self._parts)))
+            ops.append(Append(self._head_path, self._parts_base, b"".join(self._parts)))
             self._parts = []
             self._parts_base = self._head_size
-        self.index.files[self.head].size = self._head_size
+        self._head_index.size = self._head_size
         if self._def_parts:
             data = b"".join(self._def_parts)
             self._def_parts = []

@@ -28,10 +28,19 @@ log = logging.getLogger(__name__)
 
 
 class StoreIO:
-    """The system calls the writer makes; fault-injection tests replace some of them."""
+    """The system calls the writer makes; fault-injection tests replace some of them.
 
-    def open(self, path: Path) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    With ``synchronous_writes`` the log files are opened ``O_DSYNC``: a write returns once
+    its data is on disk, as a write followed by fdatasync would, in one system call (each
+    call costs the writer thread the GIL again, which a busy event loop hands over late).
+    Without it (tests that inject faults into fsync) the writer fsyncs after writing.
+    """
+
+    synchronous_writes = hasattr(os, "O_DSYNC")
+
+    def open(self, path: Path, sync: bool = False) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_DSYNC if sync else 0)
+        return os.open(path, flags, 0o644)
 
     def pwrite(self, fd: int, data: memoryview, offset: int) -> int:
         return os.pwrite(fd, data, offset)
@@ -133,6 +142,7 @@ class Writer:
         self.fsync = fsync
         self._on_done = on_done
         self._on_failed = on_failed
+        self._sync_writes = fsync and io.synchronous_writes  # O_DSYNC: no fsync needed
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -201,16 +211,24 @@ class Writer:
                         return
 
     def _round(self, jobs: list[Job]) -> None:
-        """Write ``jobs`` in order, then fsync what they touched; report the outcome."""
+        """Write ``jobs`` in order, then fsync what they touched; report the outcome.
+
+        Appends that follow each other in one file are written with one call: each system
+        call costs this thread the GIL again, which a busy event loop hands over late."""
         error: OSError | None = None
-        for index, job in enumerate(jobs):
+        done = 0  # jobs whose operations are all written
+        for op, first_job, last_job in _coalesce(jobs):
             try:
-                self._write_job(job)
+                self._apply(op)
             except Exception as failure:  # OSError, or a bug: either way, hold and retry
                 error = _as_os_error(failure)
-                self._held = jobs[index:]
+                self._held = jobs[first_job:]
+                done = first_job
                 break
-            self._unsynced.append(job)
+            done = last_job
+        else:
+            done = len(jobs)
+        self._unsynced += jobs[:done]
         try:
             self._sync_files()
         except Exception as failure:
@@ -226,40 +244,39 @@ class Writer:
         if error is not None:
             self._on_failed(self._durable, error)
 
-    def _write_job(self, job: Job) -> None:
+    def _apply(self, op: Op) -> None:
         io = self.io
-        for op in job.ops:
-            if isinstance(op, Append):
-                fd = self._fd(op.path)
-                if self._sizes[op.path] > op.offset:  # left over by a failed write
+        if isinstance(op, Append):
+            fd = self._fd(op.path)
+            if self._sizes[op.path] > op.offset:  # left over by a failed write
+                io.ftruncate(fd, op.offset)
+                self._sizes[op.path] = op.offset
+            self._dirty.add(op.path)
+            try:
+                io.write_all(fd, op.data, op.offset)
+            except OSError:
+                try:  # leave no torn record behind
                     io.ftruncate(fd, op.offset)
                     self._sizes[op.path] = op.offset
-                self._dirty.add(op.path)
-                try:
-                    io.write_all(fd, op.data, op.offset)
                 except OSError:
-                    try:  # leave no torn record behind
-                        io.ftruncate(fd, op.offset)
-                        self._sizes[op.path] = op.offset
-                    except OSError:
-                        self._sizes[op.path] = op.offset + len(op.data)  # cut it next time
-                    raise
-                self._sizes[op.path] = op.offset + len(op.data)
-            elif isinstance(op, Replace):
-                io.replace(op.path, op.data)
-                self._dirty_dirs.add(op.path.parent)
-            elif isinstance(op, Unlink):
-                self._drop_fd(op.path)
-                io.unlink(op.path)
-                self._dirty_dirs.add(op.path.parent)
-            else:
-                self._sealed.add(op.path)
+                    self._sizes[op.path] = op.offset + len(op.data)  # cut it next time
+                raise
+            self._sizes[op.path] = op.offset + len(op.data)
+        elif isinstance(op, Replace):
+            io.replace(op.path, op.data)
+            self._dirty_dirs.add(op.path.parent)
+        elif isinstance(op, Unlink):
+            self._drop_fd(op.path)
+            io.unlink(op.path)
+            self._dirty_dirs.add(op.path.parent)
+        else:
+            self._sealed.add(op.path)
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
         if fd is None:
             existed = path.exists()
-            fd = self.io.open(path)
+            fd = self.io.open(path, self._sync_writes)
             self._fds[path] = fd
             self._sizes[path] = os.fstat(fd).st_size
             if not existed:
@@ -276,7 +293,7 @@ class Writer:
 
     def _sync_files(self) -> None:
         for path in list(self._dirty):
-            if self.fsync:
+            if self.fsync and not self._sync_writes:
                 self.io.fsync(self._fds[path])
             self._dirty.discard(path)
         for directory in list(self._dirty_dirs):
@@ -287,6 +304,33 @@ class Writer:
         for path in list(self._sealed):
             if path not in self._dirty:
                 self._drop_fd(path)
+
+
+def _coalesce(jobs: list[Job]) -> list[tuple[Op, int, int]]:
+    """The jobs' operations in order, consecutive appends to one file merged into one:
+    (operation, index of the first job it carries, number of jobs complete once it is
+    written)."""
+    merged: list[list] = []  # [op, first job, pieces of a merged append, their length]
+    for index, job in enumerate(jobs):
+        for op in job.ops:
+            if merged and isinstance(op, Append):
+                last = merged[-1]
+                previous = last[0]
+                if (isinstance(previous, Append) and previous.path == op.path
+                        and previous.offset + last[3] == op.offset):
+                    last[2].append(op.data)
+                    last[3] += len(op.data)
+                    continue
+            size = len(op.data) if isinstance(op, Append) else 0
+            merged.append([op, index, [op.data] if size else [], size])
+    result = []
+    for position, (op, first, pieces, _size) in enumerate(merged):
+        if len(pieces) > 1:
+            op = Append(op.path, op.offset, b"".join(pieces))
+        # a job is complete once its last operation is written
+        complete = merged[position + 1][1] if position + 1 < len(merged) else len(jobs)
+        result.append((op, first, complete))
+    return result
 
 
 def _as_os_error(error: Exception) -> OSError:
