@@ -35,6 +35,12 @@ def resident_memory() -> int | None:
         return None
 
 
+def _peers(connections: set[Connection], shown: int = 5) -> str:
+    peers = sorted(connection.peer for connection in connections)
+    more = f" and {len(peers) - shown} more" if len(peers) > shown else ""
+    return ", ".join(peers[:shown]) + more
+
+
 class Broker:
     """Owns the listening socket and the broker state; one per process (or per test)."""
 
@@ -54,6 +60,12 @@ class Broker:
     async def start(self) -> None:
         """Open the data directory, recover durable state, and start listening."""
         self.loop = asyncio.get_running_loop()
+        # Bind first, accept last: a busy port or a bad host name fails before the data
+        # directory is created, and clients wait until the state is recovered.
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port, backlog=1024,
+            start_serving=False,
+        )
         config = self.config
         dispatcher = self.dispatcher = Dispatcher(self.loop)
         for name in config.vhosts:
@@ -69,14 +81,13 @@ class Broker:
                 vhost.store = self.store
             self._restore(recovered)
         self._check_resources()
-        self._server = await self.loop.create_server(
-            lambda: Connection(self), config.host, config.port, backlog=1024,
-        )
+        await self._server.start_serving()
         sockets = self._server.sockets or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
-                 config.host, self.port, config.data_dir or "none, nothing is kept")
+                 f"[{config.host}]" if ":" in config.host else config.host, self.port,
+                 config.data_dir or "none, nothing is kept")
 
     def _restore(self, recovered: Recovered) -> None:
         saved = recovered.definitions.vhosts
@@ -180,6 +191,12 @@ class Broker:
         else:
             self.unblock_publishers()
 
+    _hurried = False  # hurry() was called: stop() waits for no client
+
+    def hurry(self) -> None:
+        """Make stop() drop the clients it waits for at once (a second SIGINT/SIGTERM)."""
+        self._hurried = True
+
     async def stop(self) -> None:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
         if self._server is not None:
@@ -189,8 +206,15 @@ class Broker:
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout
-        while self.connections and self.loop.time() < deadline:
+        if self.connections:
+            log.info("waiting up to %gs for %d client(s) to answer connection.close: %s",
+                     self.config.close_timeout, len(self.connections), _peers(self.connections))
+        while self.connections and not self._hurried and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+        if self.connections:
+            log.warning("dropping %d client(s) that did not answer connection.close%s: %s",
+                        len(self.connections), " (second signal)" if self._hurried else "",
+                        _peers(self.connections))
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
