@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leveret {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="run the broker",
+        "serve", help="run the broker", usage="leveret serve [options]",
         description="Run the broker. Each setting can also be set in the config file (the "
                     "flag's name with underscores) and some in the environment; the command "
                     "line beats the environment, which beats the file.")

@@ -170,7 +170,7 @@ class FilePath(Kind):
         return Path(value)
 
     def show(self, value: Any) -> Any:
-        return str(value)
+        return None if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -346,10 +346,11 @@ MIB = 1024 * 1024
 SETTINGS: tuple[Setting, ...] = (
     # listeners
     Setting("host", Text(), "127.0.0.1", "address or host name to listen on "
-            "(0.0.0.0 or :: for every interface)", env=True),
-    Setting("port", Integer(0, 65535, " (0: any free port)"), 5672, "AMQP port", env=True),
+            "(0.0.0.0 or :: for every interface)", env=True, metavar="HOST"),
+    Setting("port", Integer(0, 65535, " (0: any free port)"), 5672, "AMQP port", env=True,
+            metavar="PORT"),
     Setting("tls_port", Integer(0, 65535), None, "amqps port (conventionally 5671); "
-            "needs tls_cert and tls_key (default: no TLS listener)"),
+            "needs tls_cert and tls_key (unset: no TLS listener)", metavar="PORT"),
     Setting("tls_cert", FilePath(), None, "PEM certificate chain of the broker", path=True),
     Setting("tls_key", FilePath(), None, "PEM private key of the broker", path=True),
     Setting("tls_ca", FilePath(), None, "PEM CA bundle client certificates are checked "
@@ -451,6 +452,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = setting.kind.show(setting.default)
         if isinstance(default, list):
             default = ",".join(default) or "none"
+        elif isinstance(default, bool):
+            default = _toml(default)
+        elif default is None:
+            default = "unset"
         env = f"; ${setting.env_name}" if setting.env else ""
         help_text = f"{setting.help} (default: {default}{env})"
         if isinstance(setting.kind, Flag):
@@ -459,7 +464,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(setting.option, dest=setting.name, default=argparse.SUPPRESS,
                                 type=_argument_type(setting), help=help_text,
-                                metavar=setting.metavar or setting.name.upper())
+                                metavar=setting.metavar or _metavar(setting.kind))
+
+
+def _metavar(kind: Kind) -> str:
+    if isinstance(kind, Text) and kind.choices:
+        return "{" + ",".join(kind.choices) + "}"
+    return {Integer: "N", FilePath: "PATH", Names: "LIST"}.get(type(kind), "VALUE")
 
 
 def _argument_type(setting: Setting) -> Callable[[str], Any]:
@@ -644,5 +655,6 @@ def _toml(value: Any) -> str:
             return "[\n" + "".join(f"  {_toml(item)},\n" for item in value) + "]"
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+        items = ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
