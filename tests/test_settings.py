@@ -324,3 +324,14 @@ def test_every_setting_is_a_broker_config_field() -> None:
 
 def test_settings_error_is_a_value_error() -> None:
     assert issubclass(SettingsError, ValueError)
+
+
+def test_the_readme_config_example_loads(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    found = resolve({"config": _write(tmp_path / "leveret.toml", example)}, {})
+    assert found.values["tls_cert"] == tmp_path / "tls" / "server.pem"
+    assert found.values["permissions"][0]["configure"] == "^app\\."
+    assert found.values["vhost_limits"] == {"orders": {"max-connections": 100,
+                                                       "max-queues": 1000}}
+    assert found.broker_config().users["admin"]["tags"] == ["administrator"]
