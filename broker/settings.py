@@ -14,6 +14,7 @@ given: ``--port``, ``LEVERET_PORT`` or the file's key) and what it accepts.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import json
 import math
@@ -497,15 +498,15 @@ class Settings:
     definitions: dict[str, Any] | None = None
 
     def broker_config(self) -> BrokerConfig:
-        """The broker's configuration (its units: seconds, bytes)."""
-        v = self.values
+        """The broker's configuration (its units: seconds, bytes); tables are copies."""
+        v = copy.deepcopy(self.values)
         return BrokerConfig(
             host=v["host"], port=v["port"], data_dir=v["data_dir"],
             default_user=v["default_user"], default_pass=v["default_pass"],
             default_user_tags=tuple(v["default_user_tags"]), default_vhost=v["default_vhost"],
             loopback_users=tuple(v["loopback_users"]), users=v["users"],
             vhosts=tuple(v["vhosts"]), permissions=v["permissions"],
-            definitions=self.definitions,
+            definitions=copy.deepcopy(self.definitions),
             tls_port=v["tls_port"], tls_cert=v["tls_cert"], tls_key=v["tls_key"],
             tls_ca=v["tls_ca"], tls_verify_peer=v["tls_verify_peer"],
             tls_fail_if_no_peer_cert=v["tls_fail_if_no_peer_cert"],
