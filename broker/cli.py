@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 
 from leveret.broker import __version__, logs, settings
@@ -64,6 +65,8 @@ def install_event_loop_policy() -> str:
 
 def describe_start_error(error: Exception, config: BrokerConfig) -> str:
     """One line for what stopped start-up."""
+    if isinstance(error, ssl.SSLError):
+        return f"TLS certificate or key not usable: {error.reason or error}"
     if isinstance(error, socket.gaierror):
         return f"cannot resolve host {config.host!r}: {error.strerror}"
     if isinstance(error, UnicodeError):

@@ -621,6 +621,14 @@ def _check_together(values: dict[str, Any], origins: Mapping[str, str]) -> None:
             raise SettingsError(f"{label('tls_port')}: must differ from port")
     if values["tls_fail_if_no_peer_cert"] and values["tls_ca"] is None:
         raise SettingsError(f"{label('tls_fail_if_no_peer_cert')}: needs tls_ca")
+    for name in ("tls_cert", "tls_key", "tls_ca"):
+        if values[name] is not None and values["tls_port"] is not None:
+            try:
+                with open(values[name], "rb"):
+                    pass
+            except OSError as error:
+                raise SettingsError(f"{label(name)}: cannot read {values[name]}: "
+                                    f"{error.strerror}") from None
     permissions, users = values["permissions"], values["users"]
     if permissions is not None:
         if users is None:

@@ -70,6 +70,8 @@ REJECTED_FLAGS = [
     (["--host", ""], "--host", "non-empty"),
     (["--tls-port", "5671"], "tls_port (--tls-port)", "tls_cert and tls_key"),
     (["--tls-port", "5672", "--tls-cert", "c", "--tls-key", "k"], "tls_port", "differ"),
+    (["--tls-port", "5671", "--tls-cert", "/nonexistent/cert.pem", "--tls-key", "k"],
+     "tls_cert (--tls-cert)", "cannot read /nonexistent/cert.pem: No such file"),
     (["--tls-fail-if-no-peer-cert"], "tls_fail_if_no_peer_cert", "tls_ca"),
 ]
 
