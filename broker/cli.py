@@ -47,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect, send the AMQP protocol header and wait for connection.start "
                     "(no login). Exit 0 if it came, 1 if not.")
     probe.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-    probe.add_argument("--port", type=int, default=int(os.environ.get("LEVERET_PORT") or 5672),
-                       help="(default: $LEVERET_PORT, else 5672)")
+    probe.add_argument("--port", type=int, help="(default: $LEVERET_PORT, else 5672)")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     return parser
 
@@ -72,18 +71,19 @@ def describe_start_error(error: Exception, config: BrokerConfig) -> str:
     if isinstance(error, UnicodeError):
         return f"invalid host name {config.host!r}: {error}"
     if isinstance(error, OSError):
+        if error.strerror and "attempting to bind" in error.strerror:
+            return f"cannot listen: {error.strerror}"  # asyncio names the address
         data_dir = config.data_dir
         if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
             return f"data directory {data_dir} is not a directory"
         if error.filename is not None:
             return f"cannot use {error.filename}: {error.strerror}"
-        if error.strerror and "attempting to bind" in error.strerror:
-            return f"cannot listen: {error.strerror}"  # asyncio names the address
-        return f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
     return str(error)
 
 
 async def serve(config: BrokerConfig, log_handler: logging.Handler) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("%s", logs.reopen(log_handler)))
     broker = Broker(config)
     try:
         await broker.start()
@@ -96,10 +96,8 @@ async def serve(config: BrokerConfig, log_handler: logging.Handler) -> None:
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("%s", logs.reopen(log_handler)))
     await stop.wait()
     log.info("shutting down (a second SIGINT or SIGTERM stops waiting for clients)")
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -119,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
+    if args.port is None:
+        try:
+            args.port = settings.BY_NAME["port"].kind.from_text(
+                os.environ.get("LEVERET_PORT") or "5672")
+        except ValueError:
+            print("leveret check: LEVERET_PORT is not a port", file=sys.stderr)
+            return 2
     try:
         answer = check(args.host, args.port, args.timeout)
     except OSError as error:
