@@ -331,6 +331,8 @@ def test_settings_error_is_a_value_error() -> None:
 def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text()
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    for name in ("server.pem", "server.key"):  # a TLS listener's files must be readable
+        _write(tmp_path / "tls" / name, "")
     found = resolve({"config": _write(tmp_path / "leveret.toml", example)}, {})
     assert found.values["tls_cert"] == tmp_path / "tls" / "server.pem"
     assert found.values["permissions"][0]["configure"] == "^app\\."
