@@ -4,12 +4,15 @@ shutdown and a second signal that ends it at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -136,22 +139,42 @@ def test_bad_host_name_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable"])
+@contextlib.contextmanager
+def _read_only_mount(path: Path) -> Iterator[None]:
+    """A read-only tmpfs at ``path`` (root only); skips the test where it cannot be had."""
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only file system needs root (mount)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                             capture_output=True, timeout=10)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable", "read-only"])
 def test_unusable_data_dir_is_one_line_and_exit_1(tmp_path: Path, case: str) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory")
-    if case == "a file":
-        data, expected = blocker, "is not a directory"
-    elif case == "under a file":
-        data, expected = blocker / "data", "Not a directory"
-    else:
-        if os.geteuid() == 0:
-            pytest.skip("running as root: permissions do not stop writes (the file cases "
-                        "cover the error path)")
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        data, expected = locked / "data", "Permission denied"
-    out = _leveret("serve", "--port", "0", "--data-dir", str(data))
+    with contextlib.ExitStack() as stack:
+        if case == "a file":
+            data, expected = blocker, "is not a directory"
+        elif case == "under a file":
+            data, expected = blocker / "data", "Not a directory"
+        elif case == "unwritable":
+            if os.geteuid() == 0:
+                pytest.skip("running as root: permissions do not stop writes (the other "
+                            "cases cover the error path)")
+            locked = tmp_path / "locked"
+            locked.mkdir(mode=0o500)
+            data, expected = locked / "data", "Permission denied"
+        else:
+            stack.enter_context(_read_only_mount(tmp_path / "ro"))
+            data, expected = tmp_path / "ro" / "data", "Read-only file system"
+        out = _leveret("serve", "--port", "0", "--data-dir", str(data))
     assert out.returncode == 1
     line = _one_error_line(out.stderr)
     assert "cannot start" in line and expected in line, line

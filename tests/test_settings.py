@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from leveret.broker import cli, settings
-from leveret.broker.settings import MASK, SettingsError, resolve
+from leveret.broker.setting_types import MASK
+from leveret.broker.settings import SettingsError, resolve
 
 pytestmark = pytest.mark.leveret_only
 
