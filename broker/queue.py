@@ -336,14 +336,13 @@ class Queue:
             self.ready_bytes += len(entry.message.body)
         if spill_from < len(ids):
             assert isinstance(self.ready, FifoReady)
-            triples = array("Q")
-            for index in range(spill_from, len(ids)):
-                msg_id = ids[index]
-                size = store.size_of(msg_id)
-                triples.append(index)
-                triples.append(msg_id)
-                triples.append(size)
-                self.ready_bytes += size
+            spilled = ids[spill_from:]
+            sizes = store.sizes_of(spilled)
+            triples = array("Q", bytes(24 * len(spilled)))
+            triples[0::3] = array("Q", range(spill_from, len(ids)))
+            triples[1::3] = spilled
+            triples[2::3] = array("Q", sizes)
+            self.ready_bytes += sum(sizes)
             self.ready.restore_spilled(triples)
         self._next_seq = len(ids)
         self._arm_next_expiry()

@@ -220,12 +220,30 @@ def parse_publish(body: bytes) -> Published:
                      queues, delivered, moved)
 
 
+_TAILS_MAX = 4096
+_tails: dict[bytes, tuple[list[QueueKey], list[QueueKey], list]] = {}
+
+
 def parse_publish_meta(body: bytes) -> tuple[int, list[QueueKey], list[QueueKey],
                                              list[tuple[QueueKey, int]]]:
-    """(msg_id, queues, delivered, moved) of a PUBLISH record, without copying its payload."""
+    """(msg_id, queues, delivered, moved) of a PUBLISH record, without copying its payload.
+
+    Recovery reads millions of these, and most of a queue's records end in the same queue
+    lists: a tail without ``moved`` ids is parsed once and its lists are shared (callers
+    must not change them).
+    """
     try:
         msg_id = _U64.unpack_from(body, 1)[0]
-        return (msg_id, *_read_tail(body, _skip_payload(body)))
+        at = _skip_payload(body)
+        tail = body[at:]
+        parsed = _tails.get(tail)
+        if parsed is None:
+            parsed = _read_tail(body, at)
+            if not parsed[2]:
+                if len(_tails) >= _TAILS_MAX:
+                    _tails.clear()
+                _tails[tail] = parsed
+        return msg_id, parsed[0], parsed[1], parsed[2]
     except (struct.error, IndexError, UnicodeDecodeError) as error:
         raise CorruptRecord(f"bad publish record: {error}") from error
 

@@ -205,8 +205,7 @@ def _count_references(replayer: _Replayer, index: Index) -> None:
             found.ids = array("Q", (i for i in found.ids if i not in removed))
             found.removed = set()
         live = found.ids
-        for msg_id in live:
-            located = index.locate(msg_id)
+        for located in index.locate_ascending(live):
             if located is None:  # its record was lost
                 continue
             file_index, ordinal = located

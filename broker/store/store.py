@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,11 @@ class MessageStore:
         if location is None:
             raise records.CorruptRecord(f"message {msg_id:#x} is not in the store")
         return records.parse_publish(self.reader.read(*location))
+
+    def sizes_of(self, msg_ids: array) -> list[int]:
+        """``size_of`` for an ascending run of ids (a queue's messages at recovery)."""
+        return [located[0].sizes[located[1]] if located is not None else 0
+                for located in self.index.locate_ascending(msg_ids)]
 
     def size_of(self, msg_id: int) -> int:
         """The size of a message's record (an estimate of its body's size)."""
