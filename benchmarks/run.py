@@ -1989,8 +1989,14 @@ def main() -> int:
     source = git_source_info()
     if args.leveret_ref:
         leveret_src = tempfile.mkdtemp(prefix="leveret-src-")
+        tree = subprocess.run(
+            ["git", "-C", str(REPO), "ls-tree", "--name-only", args.leveret_ref],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        # ``leveret/`` (the import package's root) exists from the packaging change on
+        paths = [p for p in ("broker", "protocol", "leveret") if p in tree]
         archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", args.leveret_ref, "broker", "protocol"],
+            ["git", "-C", str(REPO), "archive", args.leveret_ref, *paths],
             capture_output=True,
             check=True,
         ).stdout

@@ -1,10 +1,11 @@
-"""SASL mechanisms PLAIN and AMQPLAIN, checked against the configured users."""
+"""SASL mechanisms PLAIN and AMQPLAIN (the credentials are checked by ``broker.access``),
+and the delay that repeated failed logins earn."""
 
 from __future__ import annotations
 
 from pamqp import decode
 
-MECHANISMS = ("PLAIN", "AMQPLAIN")
+MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")  # EXTERNAL: TLS client certificates
 
 
 def parse_response(mechanism: str, response: bytes | str) -> tuple[str, str] | None:
@@ -29,6 +30,28 @@ def parse_response(mechanism: str, response: bytes | str) -> tuple[str, str] | N
     return None
 
 
-def check(users: dict[str, str], username: str, password: str) -> bool:
-    expected = users.get(username)
-    return expected is not None and expected == password
+class FailedLogins:
+    """Repeated failed logins from one address cost that address time, not the broker:
+    the first failure is answered at once, each further one within ``WINDOW`` seconds
+    waits twice as long as the one before (from 0.1 s up to ``MAX_DELAY``)."""
+
+    WINDOW = 60.0
+    MAX_DELAY = 3.0
+    MAX_HOSTS = 4096
+
+    def __init__(self) -> None:
+        self._by_host: dict[str, list[float]] = {}  # host -> [window start, failures]
+
+    def record(self, host: str, now: float) -> float:
+        """Count a failure from ``host``; returns how long to wait before answering."""
+        entry = self._by_host.get(host)
+        if entry is None or now - entry[0] >= self.WINDOW:
+            if len(self._by_host) >= self.MAX_HOSTS:
+                self._by_host = {h: e for h, e in self._by_host.items()
+                                 if now - e[0] < self.WINDOW}
+                if len(self._by_host) >= self.MAX_HOSTS:
+                    self._by_host.clear()
+            entry = self._by_host[host] = [now, 0]
+        entry[1] += 1
+        failures = int(entry[1])
+        return 0.0 if failures < 2 else min(0.1 * 2 ** (failures - 2), self.MAX_DELAY)

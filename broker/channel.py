@@ -123,6 +123,8 @@ class Channel:
         self._body_remaining = 0
         self._ttl: int | None = None  # expiration of the message being received, in ms
         self._publish_cache: dict[bytes, tuple[fastpath.Publish, Exchange]] = {}
+        self._access = connection.authz.access  # permission changes empty the cache
+        self._access_generation = self._access.generation
         # headers accepted with nothing to note, with their (flags, persistent)
         self._plain_headers: dict[bytes, tuple[int, bool]] = {}
 
@@ -200,7 +202,11 @@ class Channel:
         try:
             if self._publish is not None:
                 raise (_expected_header if self._header is None else _expected_body)()
-            # Publishers repeat the same method and header bytes: both are checked once.
+            # Publishers repeat the same method and header bytes: both are checked once
+            # (again when permissions change).
+            if self._access_generation != self._access.generation:
+                self._publish_cache.clear()
+                self._access_generation = self._access.generation
             cached = self._publish_cache.get(method)
             if cached is not None and self.vhost.exchanges.get(cached[0].exchange) is cached[1]:
                 publish, exchange = cached
@@ -233,6 +239,7 @@ class Channel:
         try:
             if publish.immediate:
                 raise errors.NotImplemented_("immediate=true")
+            self.connection.authz.write("exchange", publish.exchange)
             exchange = self.vhost.exchanges.get(publish.exchange)
             if exchange is None:
                 raise self.vhost.no_exchange(publish.exchange)

@@ -22,8 +22,34 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 5672
     data_dir: Path | None = None
-    users: dict[str, str] = field(default_factory=lambda: {"guest": "guest"})
-    vhosts: tuple[str, ...] = ("/",)
+    # A new data directory (or none) starts with RabbitMQ's default user and vhost, unless
+    # ``users`` or ``definitions`` are given; later starts take users from the store.
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    default_user_tags: tuple[str, ...] = ("administrator",)
+    default_vhost: str = "/"
+    loopback_users: tuple[str, ...] = ("guest",)  # users that may log in from this host only
+    # Applied at every start: users (name -> password, or a table with ``password`` or
+    # ``password_hash``, ``hashing_algorithm`` and ``tags``), vhosts to create, and
+    # permissions (``user``, ``vhost``, ``configure``, ``write``, ``read``; None: every
+    # configured user may do anything on every vhost).
+    users: dict[str, Any] | None = None
+    vhosts: tuple[str, ...] = ()
+    permissions: list[dict[str, str]] | None = None
+    definitions: dict[str, Any] | None = None  # a RabbitMQ definitions.json, loaded at start
+    # TLS (amqps): a second listener beside the plain one; RabbitMQ's option names.
+    tls_port: int | None = None  # None: no TLS listener (conventionally 5671)
+    tls_cert: Path | None = None  # PEM certificate chain of the broker
+    tls_key: Path | None = None  # PEM private key
+    tls_ca: Path | None = None  # PEM CA bundle that client certificates are checked against
+    tls_verify_peer: bool = True  # with a CA: check a client certificate when one is sent
+    tls_fail_if_no_peer_cert: bool = False  # ... and refuse clients that send none
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "AMQPLAIN")  # add "EXTERNAL" for certificates
+    # Limits (RabbitMQ's names; None: unlimited, RabbitMQ's default).
+    connection_max: int | None = None  # connections to the whole broker
+    vhost_limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    # vhost -> {"max-connections": n, "max-queues": n}, as `rabbitmqctl set_vhost_limits`
+    log_file: Path | None = None  # None: standard error
     heartbeat: int = 60  # seconds offered in connection.tune; 0 disables
     frame_max: int = 131072
     channel_max: int = 2047

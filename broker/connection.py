@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import commands
 
-from leveret.broker import __version__, auth
+from leveret.broker import __version__, auth, tls
+from leveret.broker.access import Authorizer
 from leveret.broker.channel import Channel
 from leveret.protocol import constants as c
 from leveret.protocol import errors
@@ -86,6 +87,18 @@ _PEER_LOG_MAX = 4096  # addresses remembered
 _peer_log: dict[str, list[float]] = {}  # address -> [window start, lines in the window]
 
 
+def _address(address: object) -> str:
+    """host:port of a socket address, with IPv6 hosts in brackets."""
+    if not isinstance(address, tuple):
+        return str(address)
+    host = str(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
+def _text(value: object) -> object:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def log_about_peer(peer: str, level: int, message: str, *args: object) -> None:
     """``log.log(level, message, *args)`` unless ``peer``'s address has had its share."""
     address = peer.rpartition(":")[0] or peer
@@ -109,9 +122,12 @@ def log_about_peer(peer: str, level: int, message: str, *args: object) -> None:
 class Connection(asyncio.Protocol):
     """The server side of one AMQP connection."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, tls: bool = False) -> None:
         self.broker = broker
         self.config = broker.config
+        self.tls = tls
+        # EXTERNAL (the client certificate's CN) is offered on TLS connections only.
+        self.mechanisms = [m for m in self.config.auth_mechanisms if tls or m != "EXTERNAL"]
         self.loop = broker.loop
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -127,6 +143,11 @@ class Connection(asyncio.Protocol):
         self.channels: dict[int, Channel] = {}
         self.vhost: VirtualHost | None = None
         self.username = ""
+        self.peer_host = ""
+        self.local = "?"
+        self.opened_at = 0.0
+        self.close_reason = ""  # for the log line when the connection ends
+        self.authz: Authorizer = None  # type: ignore[assignment]  # set by connection.open
         self.client_properties: dict[str, Any] = {}
         self.frame_max = self.config.frame_max
         self.channel_max = self.config.channel_max
@@ -146,7 +167,17 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = _address(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else ""
+        local = transport.get_extra_info("sockname")
+        self.local = _address(local)
+        limit = self.config.connection_max
+        if limit is not None and len(self.broker.connections) >= limit:
+            log_about_peer(self.peer, logging.WARNING, "connection %s refused: node connection "
+                           "limit (%d) is reached", self.peer, limit)
+            self.state = CLOSED
+            transport.abort()
+            return
         self.broker.connections.add(self)
         self._timer = self.loop.call_later(self.config.handshake_timeout, self._handshake_timeout)
 
@@ -161,7 +192,13 @@ class Connection(asyncio.Protocol):
             self._write_stall = None
         self._write_waiters.clear()
         self._release_all()
-        if exc is not None:
+        if self.vhost is not None:  # a client that logged in: RabbitMQ's closing line
+            reason = self.close_reason or (f"connection lost: {exc}" if exc is not None
+                                           else "client dropped the socket")
+            log.info("closed AMQP connection %s (user '%s', vhost '%s') after %.1fs: %s",
+                     self.peer, self.username, self.vhost.name,
+                     time.monotonic() - self.opened_at, reason)
+        elif exc is not None:
             log.info("connection %s lost: %s", self.peer, exc)
 
     def pause_writing(self) -> None:
@@ -361,7 +398,7 @@ class Connection(asyncio.Protocol):
                 version_major=0,
                 version_minor=9,
                 server_properties=server_properties(self.config.cluster_name),
-                mechanisms=" ".join(auth.MECHANISMS),
+                mechanisms=" ".join(self.mechanisms),
                 locales="en_US",
             ),
         )
@@ -380,6 +417,8 @@ class Connection(asyncio.Protocol):
         index = method.index
         state = self.state
         if index == _CONNECTION_CLOSE:
+            self.close_reason = (f"client closed it: {method.reply_code} "  # type: ignore[attr-defined]
+                                 f"{method.reply_text}")  # type: ignore[attr-defined]
             self._client_close()
         elif state == AWAIT_START_OK and isinstance(method, commands.Connection.StartOk):
             self._start_ok(method)
@@ -401,23 +440,24 @@ class Connection(asyncio.Protocol):
     def _start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = method.client_properties or {}
         mechanism = method.mechanism
-        if mechanism not in auth.MECHANISMS:
-            raise errors.CommandInvalid(f"unknown authentication mechanism '{mechanism}'")
-        credentials = auth.parse_response(mechanism, method.response)
-        if credentials is None or not auth.check(self.config.users, *credentials):
-            user = credentials[0] if credentials else "?"
-            reason = f"login refused for user '{user}' ({mechanism})"
-            if self.client_capability("authentication_failure_close"):
-                log_about_peer(self.peer, logging.WARNING, "connection %s: %s", self.peer, reason)
-                refused = errors.ConnectionAccessRefused(
-                    f"Login was refused using authentication mechanism {mechanism}. "
-                    "For details see the broker logfile."
-                )
-                self.close(refused.reply_code, refused.reply_text)
-                return
-            self._refuse_silently(reason)
+        if mechanism not in self.mechanisms:
+            known = "invalid" if mechanism in auth.MECHANISMS else "unknown"
+            raise errors.CommandInvalid(f"{known} authentication mechanism '{mechanism}'")
+        access = self.broker.admin.access
+        if mechanism == "EXTERNAL":
+            name = self._certificate_user()
+            user, reason = (access.external(name) if name is not None
+                            else (None, "no verified client certificate with a CN"))
+        else:
+            credentials = auth.parse_response(mechanism, method.response)
+            if credentials is None:
+                user, reason = None, "malformed credentials"
+            else:
+                user, reason = access.authenticate(*credentials, self.peer_host)
+        if user is None:
+            self._login_refused(mechanism, reason)
             return
-        self.username = credentials[0]
+        self.username = user.name
         self.state = AWAIT_TUNE_OK
         self.send_method(
             0,
@@ -427,6 +467,35 @@ class Connection(asyncio.Protocol):
                 heartbeat=self.config.heartbeat,
             ),
         )
+
+    def _certificate_user(self) -> str | None:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if ssl_object is None:
+            return None
+        return tls.common_name(ssl_object.getpeercert())
+
+    def _login_refused(self, mechanism: str, reason: str) -> None:
+        """Log the failure with the peer's address and answer as RabbitMQ does; a peer
+        that keeps failing waits longer for each answer (it costs the broker nothing)."""
+        log_about_peer(self.peer, logging.WARNING, "connection %s: login refused (%s): %s",
+                       self.peer, mechanism, reason)
+        delay = self.broker.failed_logins.record(self.peer_host, time.monotonic())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.state = CLOSING
+        if self.client_capability("authentication_failure_close"):
+            refused = errors.ConnectionAccessRefused(
+                f"Login was refused using authentication mechanism {mechanism}. "
+                "For details see the broker logfile.")
+            self.loop.call_later(delay, self._refuse_login, refused)
+            return
+        self.loop.call_later(delay, self._refuse_silently, reason)
+
+    def _refuse_login(self, refused: errors.AMQPError) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.state = AWAIT_START_OK  # (CLOSING only kept frames out while we waited)
+        self.close(refused.reply_code, refused.reply_text)
 
     def _tune_ok(self, method: commands.Connection.TuneOk) -> None:
         frame_max, channel_max = method.frame_max, method.channel_max
@@ -449,7 +518,21 @@ class Connection(asyncio.Protocol):
         vhost = self.broker.vhosts.get(method.virtual_host)
         if vhost is None:
             raise errors.NotAllowed(f"vhost {method.virtual_host} not found", *ids(method))
+        limit = vhost.limits.get("max-connections")
+        if limit is not None and sum(
+                1 for conn in self.broker.connections if conn.vhost is vhost) >= limit:
+            log_about_peer(self.peer, logging.WARNING, "connection %s refused: vhost '%s' "
+                           "connection limit (%d) is reached", self.peer, vhost.name, limit)
+            raise errors.NotAllowed(
+                f"access to vhost '{vhost.name}' refused for user '{self.username}': "
+                f"connection limit ({limit}) is reached", *ids(method))
+        access = self.broker.admin.access
+        if not access.may_open(self.username, vhost.name):
+            raise errors.NotAllowed(
+                f"access to vhost '{vhost.name}' refused for user '{self.username}'",
+                *ids(method))
         self.vhost = vhost
+        self.authz = Authorizer(access, self.username, vhost.name)
         self.state = OPEN
         self.send_method(0, make(commands.Connection.OpenOk, known_hosts=""))
         if self._timer is not None:
@@ -459,7 +542,12 @@ class Connection(asyncio.Protocol):
             self._timer = self.loop.call_later(self.heartbeat / 2, self._heartbeat_tick)
         if self.broker.blocked_reason is not None:
             self.block(self.broker.blocked_reason)
-        log.debug("connection %s opened vhost %s as %s", self.peer, vhost.name, self.username)
+        self.opened_at = time.monotonic()
+        props = self.client_properties
+        client = " ".join(str(_text(props.get(key))) for key in ("product", "version")
+                          if props.get(key))
+        log.info("accepted AMQP connection %s -> %s: user '%s', vhost '%s', client %s",
+                 self.peer, self.local, self.username, vhost.name, client or "unnamed")
 
     def _refuse_silently(self, reason: str) -> None:
         """Fail the handshake as RabbitMQ does: no frame, the socket closed after a pause;
@@ -577,7 +665,7 @@ class Connection(asyncio.Protocol):
         if self.state < AWAIT_OPEN:  # before tune-ok RabbitMQ answers no error: it hangs up
             self._refuse_silently(error.reply_text)
             return
-        log.info("closing connection %s: %s", self.peer, error.reply_text)
+        log.debug("closing connection %s: %s", self.peer, error.reply_text)
         self.close(error.reply_code, error.reply_text, error.class_id, error.method_id)
 
     def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
@@ -586,6 +674,7 @@ class Connection(asyncio.Protocol):
             return
         self._release_all()
         self.state = CLOSING
+        self.close_reason = f"broker closed it: {code} {text}"
         self._confirm_channels.clear()
         self.send_method(  # after the replies to what came before the error (RabbitMQ's order)
             0,

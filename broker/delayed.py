@@ -160,6 +160,19 @@ class DelayedMessages:
             release(vhost, moved)
             raise
 
+    def drop_all(self) -> None:
+        """Forget every held message and its stored copy (the vhost is being deleted)."""
+        self.cancel_all()
+        vhost = self._vhost
+        for entry in self._heap:
+            msg_id = entry[7]
+            if msg_id >= 0:
+                release(vhost, [(store_key(vhost.name, self._exchanges[entry[2]]), msg_id)])
+        self._heap.clear()
+        self._held_by.clear()
+        self._exchanges.clear()
+        self._exchange_numbers.clear()
+
     def cancel_all(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -8,7 +8,9 @@ import os
 import shutil
 from array import array
 
-from leveret.broker import __version__, delayed
+from leveret.broker import __version__, delayed, tls
+from leveret.broker.administration import Administration
+from leveret.broker.auth import FailedLogins
 from leveret.broker.config import BrokerConfig
 from leveret.broker.connection import Connection
 from leveret.broker.dispatcher import Dispatcher
@@ -24,6 +26,15 @@ log = logging.getLogger(__name__)
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 DISK_ALARM = "low on disk"
 MEMORY_ALARM = "low on memory"
+
+
+def _bound_port(server: asyncio.Server, asked: int) -> int:
+    sockets = server.sockets or []
+    return sockets[0].getsockname()[1] if sockets else asked
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def resident_memory() -> int | None:
@@ -44,9 +55,13 @@ class Broker:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]  # set by start()
         self.connections: set[Connection] = set()
         self.vhosts: dict[str, VirtualHost] = {}
+        self.admin = Administration(self)  # users, permissions, vhosts at run time
+        self.failed_logins = FailedLogins()
         self.blocked_reason: str | None = None
         self.store: MessageStore | None = None
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.tls_port: int | None = self.config.tls_port
         self._alarm_timer: asyncio.TimerHandle | None = None
         self.alarms: set[str] = set()
         self.port = self.config.port
@@ -55,9 +70,7 @@ class Broker:
         """Open the data directory, recover durable state, and start listening."""
         self.loop = asyncio.get_running_loop()
         config = self.config
-        dispatcher = self.dispatcher = Dispatcher(self.loop)
-        for name in config.vhosts:
-            self.vhosts[name] = VirtualHost(name, dispatcher, config.consumer_timeout)
+        self.dispatcher = Dispatcher(self.loop)
         if config.data_dir is not None:
             self.store = MessageStore(
                 config.data_dir, self.loop, fsync=config.fsync,
@@ -65,18 +78,25 @@ class Broker:
                 io=config.store_io, audit=config.store_audit,
             )
             recovered = self.store.open()
-            for vhost in self.vhosts.values():
-                vhost.store = self.store
+            self.admin.bootstrap(recovered.definitions)
             self._restore(recovered)
+        else:
+            self.admin.bootstrap(None)
+        self.admin.load_configured_definitions()
         self._check_resources()
         self._server = await self.loop.create_server(
             lambda: Connection(self), config.host, config.port, backlog=1024,
         )
-        sockets = self._server.sockets or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = _bound_port(self._server, config.port)
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
-                 config.host, self.port, config.data_dir or "none, nothing is kept")
+                 _url_host(config.host), self.port, config.data_dir or "none, nothing is kept")
+        if config.tls_port is not None:
+            self._tls_server = await self.loop.create_server(
+                lambda: Connection(self, tls=True), config.host, config.tls_port, backlog=1024,
+                ssl=tls.server_context(config), ssl_handshake_timeout=config.handshake_timeout,
+            )
+            self.tls_port = _bound_port(self._tls_server, config.tls_port)
+            log.info("listening on amqps://%s:%d", _url_host(config.host), self.tls_port)
 
     def _restore(self, recovered: Recovered) -> None:
         saved = recovered.definitions.vhosts
@@ -182,8 +202,9 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         if self._alarm_timer is not None:
             self._alarm_timer.cancel()
         for connection in list(self.connections):
@@ -194,8 +215,9 @@ class Broker:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                await server.wait_closed()
         for vhost in self.vhosts.values():
             vhost.delayed.cancel_all()
         if self.store is not None:

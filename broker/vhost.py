@@ -20,6 +20,7 @@ from leveret.broker.store.definitions import decode_table, encode_table
 from leveret.protocol import errors
 
 if TYPE_CHECKING:
+    from leveret.broker.access import Authorizer
     from leveret.broker.connection import Connection
     from leveret.broker.dispatcher import Dispatcher
     from leveret.broker.message import Message
@@ -32,6 +33,10 @@ PREDECLARED = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _flag(value: bool) -> str:
@@ -53,6 +58,7 @@ class VirtualHost:
             self.exchanges[ex_name] = Exchange(ex_name, ex_type)
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}  # direct reply-to, see broker.direct_reply
+        self.limits: dict[str, int] = {}  # RabbitMQ's vhost limits: max-connections, max-queues
         self._restoring = False
 
     # -- naming helpers --------------------------------------------------------------------
@@ -82,6 +88,7 @@ class VirtualHost:
         auto_delete: bool,
         internal: bool,
         arguments: dict[str, Any],
+        authz: Authorizer | None = None,
     ) -> Exchange:
         if name == "":
             raise errors.AccessRefused("operation not permitted on the default exchange")
@@ -103,6 +110,8 @@ class VirtualHost:
                 )
         elif type_ not in BUILTIN_TYPES:
             raise errors.CommandInvalid(f"unknown exchange type '{type_}'")
+        if authz is not None:
+            authz.configure("exchange", name)
         existing = self.exchanges.get(name)
         if existing is not None:
             self._check_equivalent_exchange(existing, type_, durable, auto_delete, internal)
@@ -113,6 +122,9 @@ class VirtualHost:
             return existing
         if name.startswith("amq."):
             raise errors.AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        if authz is not None and alternate is not None:
+            authz.read("exchange", name)
+            authz.write("exchange", _text(alternate))
         exchange = Exchange(
             name,
             type_,
@@ -199,6 +211,7 @@ class VirtualHost:
         exclusive: bool,
         auto_delete: bool,
         arguments: dict[str, Any],
+        authz: Authorizer | None = None,
     ) -> Queue:
         if passive:
             if not name:
@@ -215,6 +228,8 @@ class VirtualHost:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         elif name.startswith("amq."):
             raise errors.AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        if authz is not None:
+            authz.configure("queue", name)
         validate_queue_arguments(name, self.name, arguments)
         existing = self.queues.get(name)
         if existing is not None:
@@ -226,6 +241,14 @@ class VirtualHost:
                                        arguments)
             existing.touch()
             return existing
+        dlx = arguments.get("x-dead-letter-exchange")
+        if authz is not None and dlx is not None:
+            authz.read("queue", name)
+            authz.write("exchange", _text(dlx))
+        max_queues = self.limits.get("max-queues")
+        if max_queues is not None and max_queues >= 0 and len(self.queues) >= max_queues:
+            raise errors.PreconditionFailed(f"cannot declare queue '{name}': queue limit in "
+                                            f"vhost '{self.name}' ({max_queues}) is reached")
         if is_quorum:
             self._check_quorum(name, durable, exclusive, auto_delete, arguments)
         elif "x-delivery-limit" in arguments:
@@ -313,6 +336,7 @@ class VirtualHost:
     def restore_definitions(self, saved: dict[str, Any]) -> None:
         """Recreate durable exchanges, queues and bindings read from the store."""
         self._restoring = True
+        self.limits = dict(saved.get("limits", {}))
         try:
             for name, ex in saved.get("exchanges", {}).items():
                 self.exchanges[name] = Exchange(

@@ -343,7 +343,7 @@ def test_a_damaged_definitions_file_falls_back_to_the_last_good_copy(
     with EmbeddedBroker(data_dir=data) as broker:
         conn = _connect(broker.url)
         ch = conn.channel()
-        for index in range(30):
+        for index in range(60):
             ch.queue_declare(f"q{index}", durable=True)
             ch.queue_declare("churn", durable=True)  # superseded changes: snapshots follow
             ch.queue_delete("churn")
@@ -358,7 +358,7 @@ def test_a_damaged_definitions_file_falls_back_to_the_last_good_copy(
     newest.write_bytes(bytes(raw))
     with caplog.at_level(logging.WARNING), EmbeddedBroker(data_dir=data) as broker:
         queues = broker.broker.vhosts["/"].queues
-        assert all(f"q{i}" in queues for i in range(30))
+        assert all(f"q{i}" in queues for i in range(60))
         assert _drain(broker.url, "q29") == [b"kept"]
     assert any("damaged" in r.getMessage() for r in caplog.records)
 

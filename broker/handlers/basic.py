@@ -42,12 +42,15 @@ def consume(ch: Channel, m: commands.Basic.Consume) -> None:
     name = m.queue or ch.last_queue
     if not name:
         raise errors.NotFound("no previously declared queue")
+    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
     if name == direct_reply.REPLY_TO:
         queue = direct_reply.open_reply_queue(ch, m.no_ack)
     else:
+        if tag in ch.consumers:
+            raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'")
+        ch.connection.authz.read("queue", name)
         queue = vhost.get_queue(name, ch.connection)
     validate_consumer_priority(queue.name, vhost.name, m.arguments or {})
-    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
     if tag in ch.consumers:
         raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'")
     if queue.consumers and (m.exclusive or any(c.exclusive for c in queue.consumers)):
@@ -73,6 +76,7 @@ def get(ch: Channel, m: commands.Basic.Get) -> None:
     name = m.queue or ch.last_queue
     if not name:
         raise errors.NotFound("no previously declared queue")
+    ch.connection.authz.read("queue", name)
     queue = ch.vhost.get_queue(name, ch.connection)
     entry = queue.take()
     if entry is None:

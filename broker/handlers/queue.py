@@ -37,6 +37,7 @@ def declare(ch: Channel, m: commands.Queue.Declare) -> None:
         exclusive=m.exclusive,
         auto_delete=m.auto_delete,
         arguments=m.arguments or {},
+        authz=ch.connection.authz,
     )
     ch.last_queue = queue.name
     if not m.nowait:
@@ -61,10 +62,21 @@ def _declare_reply_to(ch: Channel, m: commands.Queue.Declare) -> None:
             consumer_count=consumers))
 
 
+def _check_binding(ch: Channel, source: str, queue: str) -> None:
+    """RabbitMQ's checks for (un)binding a queue, in its order: write on the queue, then
+    read on the exchange."""
+    ch.connection.authz.write("queue", queue)
+    if not source:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.connection.authz.read("exchange", source)
+
+
 def bind(ch: Channel, m: commands.Queue.Bind) -> None:
     vhost = ch.vhost
+    name = _queue_name(ch, m.queue)
+    _check_binding(ch, m.exchange, name)
     source = vhost.get_exchange(m.exchange)
-    queue = vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    queue = vhost.get_queue(name, ch.connection)
     mark = ch.store_mark()
     vhost.bind(source, queue, m.routing_key, m.arguments or {})
     if not m.nowait:
@@ -73,8 +85,10 @@ def bind(ch: Channel, m: commands.Queue.Bind) -> None:
 
 def unbind(ch: Channel, m: commands.Queue.Unbind) -> None:
     vhost = ch.vhost
+    name = _queue_name(ch, m.queue)
+    _check_binding(ch, m.exchange, name)
     source = vhost.exchanges.get(m.exchange)
-    queue = vhost.queues.get(_queue_name(ch, m.queue))
+    queue = vhost.queues.get(name)
     mark = ch.store_mark()
     if source is not None and queue is not None:  # unbind is idempotent in RabbitMQ
         vhost.check_exclusive(queue, ch.connection)
@@ -83,7 +97,9 @@ def unbind(ch: Channel, m: commands.Queue.Unbind) -> None:
 
 
 def purge(ch: Channel, m: commands.Queue.Purge) -> None:
-    queue = ch.vhost.get_queue(_queue_name(ch, m.queue), ch.connection)
+    name = _queue_name(ch, m.queue)
+    ch.connection.authz.read("queue", name)
+    queue = ch.vhost.get_queue(name, ch.connection)
     mark = ch.store_mark()
     count = queue.purge()
     if not m.nowait:
@@ -93,6 +109,7 @@ def purge(ch: Channel, m: commands.Queue.Purge) -> None:
 def delete(ch: Channel, m: commands.Queue.Delete) -> None:
     vhost = ch.vhost
     name = _queue_name(ch, m.queue)
+    ch.connection.authz.configure("queue", name)
     queue: Queue | None = vhost.queues.get(name)
     mark = ch.store_mark()
     if queue is None:

@@ -1,4 +1,5 @@
-"""Durable definitions (vhosts' durable exchanges, queues and bindings): a log of changes.
+"""Durable definitions (vhosts and their durable exchanges, queues and bindings; users and
+permissions): a log of changes.
 
 Each change is one record appended to ``definitions.<generation>.log`` (the message log's
 framing: magic, length, CRC), so a durable declare costs O(1) however many definitions
@@ -48,22 +49,38 @@ def empty_vhost() -> dict[str, Any]:
     return {"exchanges": {}, "queues": {}, "bindings": {}}
 
 
+def permission_key(user: str, vhost: str) -> str:
+    return json.dumps([user, vhost])
+
+
 class DefinitionsState:
     """The durable definitions as plain data, changed by ops.
 
     ``vhosts[name]`` holds ``exchanges`` and ``queues`` (name -> attributes) and
     ``bindings`` (binding_key -> attributes); arguments are JSON-encoded tables.
+    ``users`` (name -> RabbitMQ's user fields) and ``permissions`` (permission_key ->
+    user, vhost and the three patterns) are kept once ``access`` is true: data directories
+    written before users were stored have neither, and get the defaults on their next start.
     """
 
-    def __init__(self, vhosts: dict[str, Any] | None = None) -> None:
+    def __init__(self, vhosts: dict[str, Any] | None = None,
+                 users: dict[str, Any] | None = None,
+                 permissions: dict[str, Any] | None = None, access: bool = False) -> None:
         self.vhosts: dict[str, dict[str, Any]] = vhosts or {}
+        self.users: dict[str, dict[str, Any]] = users or {}
+        self.permissions: dict[str, dict[str, Any]] = permissions or {}
+        self.access = access  # users, vhosts and permissions are recorded here
 
     def __len__(self) -> int:
-        return sum(len(v["exchanges"]) + len(v["queues"]) + len(v["bindings"])
-                   for v in self.vhosts.values())
+        return len(self.users) + len(self.permissions) + sum(
+            1 + len(v["exchanges"]) + len(v["queues"]) + len(v["bindings"])
+            for v in self.vhosts.values())
 
     def apply(self, op: dict[str, Any]) -> None:
         kind = op["op"]
+        if kind in _ACCESS_OPS:
+            self._apply_access(kind, op)
+            return
         vhost = self.vhosts.setdefault(op["vhost"], empty_vhost())
         if kind == "exchange.declare":
             vhost["exchanges"][op["name"]] = {k: op[k] for k in (
@@ -79,11 +96,42 @@ class DefinitionsState:
                 "source", "destination", "destination_type", "routing_key", "arguments")}
         elif kind == "unbind":
             vhost["bindings"].pop(binding_key(op), None)
+        elif kind == "vhost.put":
+            pass  # setdefault above created it
+        elif kind == "vhost.limits":
+            vhost["limits"] = op["limits"]
         else:
             raise ValueError(f"unknown definitions change {kind!r}")
 
+    def _apply_access(self, kind: str, op: dict[str, Any]) -> None:
+        self.access = True
+        if kind == "access.init":
+            return
+        if kind == "vhost.delete":
+            self.vhosts.pop(op["vhost"], None)
+            for key in [k for k, p in self.permissions.items() if p["vhost"] == op["vhost"]]:
+                del self.permissions[key]
+        elif kind == "user.put":
+            self.users[op["name"]] = {k: op[k] for k in (
+                "name", "password_hash", "hashing_algorithm", "tags")}
+        elif kind == "user.delete":
+            self.users.pop(op["name"], None)
+            for key in [k for k, p in self.permissions.items() if p["user"] == op["name"]]:
+                del self.permissions[key]
+        elif kind == "permission.put":
+            self.permissions[permission_key(op["user"], op["vhost"])] = {k: op[k] for k in (
+                "user", "vhost", "configure", "write", "read")}
+        elif kind == "permission.delete":
+            self.permissions.pop(permission_key(op["user"], op["vhost"]), None)
+
     def to_json(self) -> dict[str, Any]:
-        return {"vhosts": self.vhosts}
+        return {"vhosts": self.vhosts, "users": self.users, "permissions": self.permissions,
+                "access": self.access}
+
+
+# Changes that are not about one vhost's exchanges, queues and bindings.
+_ACCESS_OPS = frozenset({"access.init", "vhost.delete", "user.put", "user.delete",
+                         "permission.put", "permission.delete"})
 
 
 def encode_snapshot(generation: int, state: DefinitionsState) -> bytes:
@@ -100,7 +148,9 @@ def decode_snapshot(data: bytes, generation: int) -> DefinitionsState:
         raise ValueError("bad snapshot header")
     if int(parts[3]) != len(body) or f"{zlib.crc32(body):08x}" != parts[2]:
         raise ValueError("snapshot failed its checksum")
-    return DefinitionsState(json.loads(body)["vhosts"])
+    data = json.loads(body)
+    return DefinitionsState(data["vhosts"], data.get("users"), data.get("permissions"),
+                            bool(data.get("access")))
 
 
 def encode_change(op: dict[str, Any]) -> bytes:
