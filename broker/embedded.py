@@ -43,7 +43,7 @@ class EmbeddedBroker:
         self.config = BrokerConfig(host=host, port=port, **settings)
         self.broker = Broker(self.config)
         self.user, self.password = _login(self.config)
-        self.vhost: str = getattr(self.config, "default_vhost", "/")
+        self.vhost = self.config.default_vhost
         self.starts = 0  # how many times it started
         self._bound: dict[str, int | None] = {}  # ports the first start bound, kept after
         self._used = False  # whether self.broker was started (successfully or not)
@@ -97,7 +97,7 @@ class EmbeddedBroker:
             raise RuntimeError("the embedded broker failed to start") from failure[0]
         if not self._bound:
             self._bound = {"port": self.broker.port}
-            if getattr(self.broker, "tls_port", None) is not None:
+            if self.broker.tls_port is not None:
                 self._bound["tls_port"] = self.broker.tls_port
         self.starts += 1
         return self
@@ -201,12 +201,11 @@ async def _shutdown(broker: Broker, grace: float) -> None:
 
 def _login(config: BrokerConfig) -> tuple[str, str]:
     """The user and password ``url`` names: the first configured user, else the default."""
-    users = getattr(config, "users", None)
-    if users:
-        name, spec = next(iter(users.items()))
+    if config.users:
+        name, spec = next(iter(config.users.items()))
         password = spec if isinstance(spec, str) else (spec or {}).get("password")
         return name, password or ""
-    return getattr(config, "default_user", "guest"), getattr(config, "default_pass", "guest")
+    return config.default_user, config.default_pass
 
 
 def _connect_host(host: str) -> str:
