@@ -9,7 +9,8 @@ with ``-p leveret.pytest_plugin``. Fixtures:
 - ``leveret``: that vhost as a :class:`leveret.testing.Sandbox`: queue counts, peek, restart
   the broker, block publishers, drop or close connections.
 - ``leveret_broker``: the session's :class:`~leveret.broker.embedded.EmbeddedBroker`,
-  started on first use, in memory (``--leveret-data-dir DIR``: kept in DIR).
+  started on first use, in memory (``--leveret-data-dir DIR``: kept in DIR, in
+  ``DIR/<worker>`` under pytest-xdist, whose workers each run their own broker).
 - ``leveret_broker_settings``: override it (session scope) to configure that broker.
 - ``leveret_celery_config``: settings for Celery's ``celery_config`` fixture.
 
@@ -19,6 +20,7 @@ those settings (``persistent=True``: a data directory in the test's ``tmp_path``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +66,9 @@ def leveret_broker(pytestconfig: pytest.Config,
     data_dir = pytestconfig.getoption("leveret_data_dir") or pytestconfig.getini(
         "leveret_data_dir")
     if data_dir:
-        settings["data_dir"] = Path(data_dir).expanduser().resolve()
+        path = Path(data_dir).expanduser().resolve()
+        worker = os.environ.get("PYTEST_XDIST_WORKER")  # each xdist worker: its own broker
+        settings["data_dir"] = path / worker if worker else path
     with EmbeddedBroker(**settings) as embedded:
         yield embedded
 
