@@ -133,3 +133,30 @@ def test_in_memory_restart_loses_queues_but_keeps_the_url(amqp_url: str,
     with pytest.raises(ChannelClosedByBroker):
         conn.channel().queue_declare("lost", passive=True)
     conn.close()
+
+
+@pytest.mark.leveret_fresh_broker(persistent=True)
+def test_peek_reads_messages_kept_on_disk_only(amqp_url: str, leveret: Sandbox,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from leveret.broker import queue as queue_module
+
+    monkeypatch.setattr(queue_module, "SPILL_AT", 4)  # a long backlog: 20,000 by default
+    monkeypatch.setattr(queue_module, "SPILL_KEEP", 2)
+    conn = connect(amqp_url)
+    channel = conn.channel()
+    channel.confirm_delivery()
+    channel.queue_declare("backlog", durable=True)
+    for n in range(10):
+        channel.basic_publish("", "backlog", b"m%d" % n, PERSISTENT)
+    embedded = leveret.embedded
+
+    def in_memory() -> int:
+        return embedded.broker.vhosts[leveret.vhost].queues["backlog"].ready.in_memory
+
+    deadline = time.monotonic() + 5
+    while embedded.call(in_memory) > 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert embedded.call(in_memory) == 2  # the other eight live on disk only
+    assert [m.body for m in leveret.peek("backlog", 20)] == [b"m%d" % n for n in range(10)]
+    assert channel.basic_get("backlog", auto_ack=True)[2] == b"m0"  # peeking took nothing
+    conn.close()
