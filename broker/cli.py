@@ -1,4 +1,10 @@
-"""Command line: ``leveret serve`` and ``leveret --version`` (also ``python -m leveret``)."""
+"""Command line: ``leveret serve``, ``leveret check`` and ``leveret --version``
+(also ``python -m leveret``).
+
+Exit status: 0 after a clean stop, 2 for a usage or settings error (nothing is started or
+created), 1 when start-up fails (a busy port, an unusable data directory...), with one
+line saying why.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +12,43 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
+import ssl
 import sys
-from pathlib import Path
 
-from leveret.broker import __version__
-from leveret.broker.config import BrokerConfig, physical_memory
+from leveret.broker import __version__, logs, settings
+from leveret.broker.check import check
+from leveret.broker.config import BrokerConfig
 from leveret.broker.server import Broker
 from leveret.broker.store import StoreError
+
+log = logging.getLogger("leveret")
+
+
+class StartupError(Exception):
+    """The broker could not start; the message says why in one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leveret", description="Leveret AMQP 0-9-1 broker")
     parser.add_argument("--version", action="version", version=f"leveret {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the broker")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=5672, help="port to listen on (0: any)")
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("data"),
-        help="where durable state lives (default: ./data)",
-    )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        help="heartbeat interval offered to clients, seconds (0 disables)",
-    )
-    serve.add_argument(
-        "--max-message-size",
-        type=int,
-        default=128 * 1024 * 1024,
-        help="largest accepted message body in bytes",
-    )
-    serve.add_argument("--no-fsync", dest="fsync", action="store_false",
-                       help="confirm persistent messages once written, without fsync "
-                            "(faster, like RabbitMQ; a machine crash can lose confirmed ones)")
-    serve.add_argument("--sync-interval", type=float, default=0.0, metavar="MS",
-                       help="group-commit window: one fsync per this many ms "
-                            "(default 0: one per event-loop iteration)")
-    serve.add_argument("--disk-free-limit", type=int, default=50_000_000, metavar="BYTES",
-                       help="block publishers while free disk space is below this "
-                            "(default 50 MB, as RabbitMQ)")
-    serve.add_argument("--memory-high-watermark", type=float, default=0.4, metavar="FRACTION",
-                       help="block publishers while resident memory is above this fraction "
-                            "of the machine's RAM (default 0.4, as RabbitMQ; 0 disables)")
-    serve.add_argument("--consumer-timeout", type=int, default=0, metavar="MS",
-                       help="cancel a consumer that holds a delivery unacked this long, "
-                            "requeueing its messages (default 0: off)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the broker", usage="leveret serve [options]",
+        description="Run the broker. Each setting can also be set in the config file (the "
+                    "flag's name with underscores) and some in the environment; the command "
+                    "line beats the environment, which beats the file.")
+    settings.add_arguments(serve)
+    serve.set_defaults(parser=serve)
+    probe = commands.add_parser(
+        "check", help="exit 0 if a broker answers AMQP (health checks)",
+        description="Connect, send the AMQP protocol header and wait for connection.start "
+                    "(no login). Exit 0 if it came, 1 if not.")
+    probe.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    probe.add_argument("--port", type=int, help="(default: $LEVERET_PORT, else 5672)")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     return parser
 
 
@@ -70,50 +62,105 @@ def install_event_loop_policy() -> str:
     return "uvloop"
 
 
-async def serve(config: BrokerConfig) -> None:
+def describe_start_error(error: Exception, config: BrokerConfig) -> str:
+    """One line for what stopped start-up."""
+    if isinstance(error, ssl.SSLError):
+        return f"TLS certificate or key not usable: {error.reason or error}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve host {config.host!r}: {error.strerror}"
+    if isinstance(error, UnicodeError):
+        return f"invalid host name {config.host!r}: {error}"
+    if isinstance(error, OSError):
+        if error.strerror and "attempting to bind" in error.strerror:
+            return f"cannot listen: {error.strerror}"  # asyncio names the address
+        data_dir = config.data_dir
+        if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+            return f"data directory {data_dir} is not a directory"
+        if error.filename is not None:
+            return f"cannot use {error.filename}: {error.strerror}"
+    return str(error)
+
+
+async def serve(config: BrokerConfig, log_handler: logging.Handler) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("%s", logs.reopen(log_handler)))
     broker = Broker(config)
-    await broker.start()
+    try:
+        await broker.start()
+    except (StoreError, OSError, ValueError) as error:
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(describe_start_error(error, config)) from None
     # Queued and scheduled messages are long-lived objects without cycles; full collections
     # over millions of them paused the loop for up to 0.6 s. Collect less often, and keep
     # everything created at start-up out of the collector's sight.
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    logging.getLogger("leveret").info("shutting down")
+    log.info("shutting down (a second SIGINT or SIGTERM stops waiting for clients)")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, broker.hurry)
     await broker.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    config = BrokerConfig(
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        heartbeat=args.heartbeat,
-        max_message_size=args.max_message_size,
-        consumer_timeout=args.consumer_timeout / 1000 or None,
-        fsync=args.fsync,
-        sync_interval=args.sync_interval / 1000,
-        disk_free_limit=args.disk_free_limit,
-        memory_high_watermark=int(args.memory_high_watermark * physical_memory()),
-    )
-    loop_name = install_event_loop_policy()
-    logging.getLogger("leveret").debug("event loop: %s", loop_name)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command == "check":
+        return check_command(args)
+    return serve_command(args)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    if args.port is None:
+        try:
+            args.port = settings.BY_NAME["port"].kind.from_text(
+                os.environ.get("LEVERET_PORT") or "5672")
+        except ValueError:
+            print("leveret check: LEVERET_PORT is not a port", file=sys.stderr)
+            return 2
     try:
-        asyncio.run(serve(config))
-    except StoreError as error:
-        logging.getLogger("leveret").error("cannot start: %s", error)
+        answer = check(args.host, args.port, args.timeout)
+    except OSError as error:
+        print(f"leveret check: amqp://{args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
+    print(f"leveret check: amqp://{args.host}:{args.port}: {answer} answered")
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        found = settings.resolve(vars(args), os.environ)
+    except settings.SettingsError as error:
+        args.parser.error(str(error))  # usage and the message on stderr, exit status 2
+    if args.print_config:
+        sys.stdout.write(found.to_toml())
+        return 0
+    values = found.values
+    try:
+        handler = logs.configure(values["log_level"], values["log_file"],
+                                 values["log_max_bytes"], values["log_backups"])
+    except OSError as error:
+        print(f"leveret: cannot open log file {values['log_file']}: {error.strerror}",
+              file=sys.stderr)
+        return 1
+    config = found.broker_config()
+    log.debug("event loop: %s", install_event_loop_policy())
+    try:
+        asyncio.run(serve(config, handler))
+    except StartupError as error:
+        log.error("cannot start: %s", error)
+        if values["log_file"] is not None:  # say it where the operator is looking too
+            print(f"leveret: cannot start: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # during start-up, before the signal handlers are in place
+        log.warning("interrupted during start-up")
+        return 130
     return 0
 
 

@@ -46,6 +46,12 @@ def resident_memory() -> int | None:
         return None
 
 
+def _peers(connections: set[Connection], shown: int = 5) -> str:
+    peers = sorted(connection.peer for connection in connections)
+    more = f" and {len(peers) - shown} more" if len(peers) > shown else ""
+    return ", ".join(peers[:shown]) + more
+
+
 class Broker:
     """Owns the listening socket and the broker state; one per process (or per test)."""
 
@@ -70,6 +76,19 @@ class Broker:
         """Open the data directory, recover durable state, and start listening."""
         self.loop = asyncio.get_running_loop()
         config = self.config
+        # Bind first, accept last: a busy port, a bad host name or an unusable certificate
+        # fails before the data directory is created; clients wait until the state is
+        # recovered.
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), config.host, config.port, backlog=1024,
+            start_serving=False,
+        )
+        if config.tls_port is not None:
+            self._tls_server = await self.loop.create_server(
+                lambda: Connection(self, tls=True), config.host, config.tls_port, backlog=1024,
+                ssl=tls.server_context(config), ssl_handshake_timeout=config.handshake_timeout,
+                start_serving=False,
+            )
         self.dispatcher = Dispatcher(self.loop)
         if config.data_dir is not None:
             self.store = MessageStore(
@@ -84,17 +103,12 @@ class Broker:
             self.admin.bootstrap(None)
         self.admin.load_configured_definitions()
         self._check_resources()
-        self._server = await self.loop.create_server(
-            lambda: Connection(self), config.host, config.port, backlog=1024,
-        )
+        await self._server.start_serving()
         self.port = _bound_port(self._server, config.port)
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
                  _url_host(config.host), self.port, config.data_dir or "none, nothing is kept")
-        if config.tls_port is not None:
-            self._tls_server = await self.loop.create_server(
-                lambda: Connection(self, tls=True), config.host, config.tls_port, backlog=1024,
-                ssl=tls.server_context(config), ssl_handshake_timeout=config.handshake_timeout,
-            )
+        if self._tls_server is not None:
+            await self._tls_server.start_serving()
             self.tls_port = _bound_port(self._tls_server, config.tls_port)
             log.info("listening on amqps://%s:%d", _url_host(config.host), self.tls_port)
 
@@ -200,6 +214,12 @@ class Broker:
         else:
             self.unblock_publishers()
 
+    _hurried = False  # hurry() was called: stop() waits for no client
+
+    def hurry(self) -> None:
+        """Make stop() drop the clients it waits for at once (a second SIGINT/SIGTERM)."""
+        self._hurried = True
+
     async def stop(self) -> None:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
         for server in (self._server, self._tls_server):
@@ -210,8 +230,15 @@ class Broker:
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout
-        while self.connections and self.loop.time() < deadline:
+        if self.connections:
+            log.info("waiting up to %gs for %d client(s) to answer connection.close: %s",
+                     self.config.close_timeout, len(self.connections), _peers(self.connections))
+        while self.connections and not self._hurried and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+        if self.connections:
+            log.warning("dropping %d client(s) that did not answer connection.close%s: %s",
+                        len(self.connections), " (second signal)" if self._hurried else "",
+                        _peers(self.connections))
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
