@@ -9,6 +9,7 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import islice
 
 from leveret.broker.message import Entry
 
@@ -181,6 +182,17 @@ class FifoReady:
         items = self._items
         return items[0].expires_at if items else None
 
+    def peek(self, count: int) -> list[Entry | int]:
+        """The first ``count`` messages in order, left in place: entries, or the message
+        ids of those that live on disk only (the caller reads them from the store)."""
+        found: list[Entry | int] = list(islice(self._items, count))
+        for chunk in self._spill:
+            if len(found) >= count:
+                break
+            found += islice(chunk[1::3], count - len(found))
+        found += islice(self._tail, max(count - len(found), 0))
+        return found
+
     def requeue(self, batch: list[Entry]) -> None:
         merge_at_head(self._items, sorted(batch, key=_seq))
 
@@ -241,6 +253,10 @@ class PriorityReady:
         due = [level[0].expires_at for level in self._levels
                if level and level[0].expires_at is not None]
         return min(due) if due else None
+
+    def peek(self, count: int) -> list[Entry | int]:
+        """The first ``count`` messages in delivery order, left in place."""
+        return list(islice(self, count))
 
     def requeue(self, batch: list[Entry]) -> None:
         by_level: dict[int, list[Entry]] = {}

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pytest
 
 EXTERNAL_URL = os.environ.get("LEVERET_TEST_URL")
+
+# Leveret's own pytest plugin (installed as a pytest11 entry point of the same name, which
+# this does not load twice): the suite's embedded broker is its session broker.
+pytest_plugins = ["leveret.pytest_plugin"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def _embedded_broker() -> Iterator[object]:
-    if EXTERNAL_URL:
-        yield None
-        return
-    from leveret.broker.embedded import EmbeddedBroker
-
-    with EmbeddedBroker(host="127.0.0.1", port=0) as embedded:
-        yield embedded
+def _embedded_broker(request: pytest.FixtureRequest) -> object:
+    """The plugin's ``leveret_broker``; not started when LEVERET_TEST_URL is set."""
+    return None if EXTERNAL_URL else request.getfixturevalue("leveret_broker")
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +68,11 @@ def embedded(_embedded_broker: object) -> object:
     return _embedded_broker
 
 
-@pytest.fixture
-def amqp_url(broker: BrokerAddress) -> str:
-    return broker.url
+if EXTERNAL_URL:  # otherwise the plugin's amqp_url: a fresh vhost for each test
+
+    @pytest.fixture
+    def amqp_url() -> str:
+        return EXTERNAL_URL
 
 
 @pytest.fixture
