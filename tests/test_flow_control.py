@@ -7,6 +7,7 @@ Leveret-only: they look at the broker's memory and state (RabbitMQ's credit flow
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -254,6 +255,7 @@ def test_a_client_that_never_reads_costs_bounded_memory(path: str) -> None:
 def test_a_client_that_reads_nothing_is_dropped_after_the_write_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="leveret")
     with EmbeddedBroker(write_timeout=1.5) as embedded:
         client = connect("127.0.0.1", embedded.port)
         client.open_channel(1)

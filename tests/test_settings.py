@@ -8,7 +8,9 @@ processes are in test_cli.py.
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,19 @@ from leveret.broker.settings import SettingsError, resolve
 pytestmark = pytest.mark.leveret_only
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """``cli.main`` configures the root logger; later tests (caplog) must not see that."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
