@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from leveret.broker.deadletter import dead_letter
 from leveret.broker.message import Entry, Message, copy_properties, stored_message
 from leveret.broker.ready import FifoReady, PriorityReady, spillable
-from leveret.broker.store.records import CorruptRecord
 from leveret.protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
@@ -357,12 +356,11 @@ class Queue:
         now_ms = time.time() * 1000
         now = self._loop.time()
         entries = []
-        for seq, msg_id in pairs:
-            try:
-                found = store.read(msg_id)
-            except (CorruptRecord, OSError) as error:
+        read = store.read_many([msg_id for _seq, msg_id in pairs])
+        for (seq, msg_id), found in zip(pairs, read, strict=True):
+            if isinstance(found, Exception):
                 log.error("queue '%s' in vhost '%s' lost a stored message: %s", self.name,
-                          self.vhost.name, error)
+                          self.vhost.name, found)
                 store.remove(self.store_key, msg_id)
                 continue
             message = stored_message(found.route_raw, found.header, found.body)

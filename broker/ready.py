@@ -44,6 +44,7 @@ SpillLoader = Callable[[list[tuple[int, int]]], list[Entry]]
 """Turns (seq, msg_id) pairs back into entries, reading the messages from the store."""
 
 REFILL_BATCH = 512
+SPILL_CHUNK = 16 * REFILL_BATCH  # triples per chunk of a restored spill
 
 
 def spillable(entry: Entry) -> bool:
@@ -159,10 +160,12 @@ class FifoReady:
 
     def restore_spilled(self, triples: array[int]) -> None:
         """Recovery: (seq, msg_id, size) triples of stored messages after the in-memory head."""
-        if len(triples):
-            self._spill.append(triples)
-            self._spill_len += len(triples) // 3
-            self.spilled_bytes += sum(triples[2::3])
+        # in chunks: a refill slices its chunk, which must not copy a whole backlog each time
+        step = 3 * SPILL_CHUNK
+        for start in range(0, len(triples), step):
+            self._spill.append(triples[start : start + step])
+        self._spill_len += len(triples) // 3
+        self.spilled_bytes += sum(triples[2::3])
 
     def pop_expired(self, now: float) -> list[Entry]:
         """Remove and return head entries whose expiry time has passed."""

@@ -668,3 +668,29 @@ def test_a_queue_whose_definition_was_lost_keeps_its_messages(
         assert "keep" in broker.broker.vhosts["/"].queues
         assert _drain(broker.url, "keep") == [f"k{i}".encode() for i in range(5)]
     assert any("definition was lost" in r.getMessage() for r in caplog.records)
+
+
+def test_a_record_damaged_after_recovery_costs_that_message_only(
+        data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Spilled messages are read back in runs (one read for adjacent records); a record
+    that rots on disk while the broker runs is lost alone, its neighbours delivered."""
+    with EmbeddedBroker(data_dir=data) as broker:
+        conn = _connect(broker.url)
+        ch = conn.channel()
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        for index in range(3000):
+            ch.basic_publish("", "q", f"body-{index:05d}".encode(), PERSISTENT)
+        conn.close()
+    caplog.set_level(logging.ERROR, logger="leveret")
+    with EmbeddedBroker(data_dir=data) as broker:  # every message spilled: ids in memory
+        segment = next((data / "segments").iterdir())
+        raw = bytearray(segment.read_bytes())
+        position = raw.index(b"body-01500")
+        with open(segment, "r+b") as handle:
+            handle.seek(position + 5)
+            handle.write(b"X")
+        got = _drain(broker.url, "q")
+    expected = [f"body-{i:05d}".encode() for i in range(3000) if i != 1500]
+    assert got == expected
+    assert any("lost a stored message" in r.getMessage() for r in caplog.records)

@@ -276,6 +276,14 @@ def parse_merged(body: bytes) -> int:
     return _U32.unpack_from(body, 1)[0]
 
 
+def body_at(data: bytes, offset: int) -> bytes:
+    """The body of the record at ``offset`` of ``data``; CorruptRecord if it is damaged."""
+    end = _valid_at(data, offset, len(data))
+    if end < 0:
+        raise CorruptRecord("no intact record there")
+    return data[offset + HEADER_SIZE : end]
+
+
 def _valid_at(data: bytes, offset: int, size: int) -> int:
     """End of a valid record at ``offset``, or -1."""
     if offset + HEADER_SIZE > size:

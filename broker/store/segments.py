@@ -63,6 +63,10 @@ class SegmentReader:
         except records.CorruptRecord as error:
             raise records.CorruptRecord(f"record at {number}:{offset}: {error}") from None
 
+    def read_span(self, number: int, offset: int, length: int) -> bytes:
+        """``length`` bytes of segment ``number`` from ``offset`` (several records)."""
+        return os.pread(self.open(number), length, offset)
+
     def forget(self, number: int) -> None:
         """Close the descriptor of a segment that was deleted or replaced."""
         fd = self._fds.pop(number, None)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from leveret.broker.message import Message
 
 log = logging.getLogger(__name__)
+READ_SPAN_MAX = 1 << 20  # bytes read back in one system call at most
 
 FORMAT_VERSION = 2
 FORMAT_TEXT = f"leveret-store {FORMAT_VERSION}\n"
@@ -263,6 +264,49 @@ class MessageStore:
         if location is None:
             raise records.CorruptRecord(f"message {msg_id:#x} is not in the store")
         return records.parse_publish(self.reader.read(*location))
+
+    def read_many(self, msg_ids: list[int]) -> list[records.Published | Exception]:
+        """``read`` for each id, in order, an error in place of a record that cannot be
+        read; records that lie one after another in a file are read with one system call
+        (a queue's spilled backlog is read back in publish order)."""
+        out: list[records.Published | Exception] = []
+        span: list[tuple[int, int]] = []  # (offset, size) of adjacent records
+        span_file = -1
+
+        def read_span() -> None:
+            start = span[0][0]
+            try:
+                data = self.reader.read_span(span_file, start, span[-1][0] + span[-1][1] - start)
+            except OSError as error:
+                out.extend(error for _ in span)
+                return
+            for offset, size in span:
+                try:
+                    body = records.body_at(data[offset - start : offset - start + size], 0)
+                    out.append(records.parse_publish(body))
+                except records.CorruptRecord as error:
+                    out.append(records.CorruptRecord(f"record at {span_file}:{offset}: {error}"))
+
+        index = self.index
+        for msg_id in msg_ids:
+            located = index.locate(msg_id)
+            if located is None:
+                if span:
+                    read_span()
+                    span = []
+                out.append(records.CorruptRecord(f"message {msg_id:#x} is not in the store"))
+                continue
+            found, ordinal = located
+            offset, size = found.offsets[ordinal], found.sizes[ordinal]
+            if span and (found.number != span_file or offset != span[-1][0] + span[-1][1]
+                         or offset + size - span[0][0] > READ_SPAN_MAX):
+                read_span()
+                span = []
+            span_file = found.number
+            span.append((offset, size))
+        if span:
+            read_span()
+        return out
 
     def sizes_of(self, msg_ids: array) -> list[int]:
         """``size_of`` for an ascending run of ids (a queue's messages at recovery)."""
