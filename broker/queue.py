@@ -337,10 +337,10 @@ class Queue:
             assert isinstance(self.ready, FifoReady)
             spilled = ids[spill_from:]
             sizes = store.sizes_of(spilled)
-            triples = array("Q", bytes(24 * len(spilled)))
+            triples = array("Q", (0,)) * (3 * len(spilled))
             triples[0::3] = array("Q", range(spill_from, len(ids)))
             triples[1::3] = spilled
-            triples[2::3] = array("Q", sizes)
+            triples[2::3] = sizes
             self.ready_bytes += sum(sizes)
             self.ready.restore_spilled(triples)
         self._next_seq = len(ids)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pika
 import pytest
 from pamqp import commands
@@ -101,3 +104,24 @@ def test_connection_that_starts_publishing_during_an_alarm_is_blocked(broker, em
         embedded.call(embedded.broker.unblock_publishers)  # never leave the shared broker blocked
         publisher.close()
         bystander.close()
+
+
+def test_one_log_line_per_accepted_and_per_closed_connection(
+        broker, caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ's 'accepting AMQP connection' / 'closing AMQP connection' at info: peer,
+    user, vhost and client product; then the reason and how long it lasted."""
+    caplog.set_level(logging.INFO, logger="leveret")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port))
+    local = conn._impl._transport._sock.getsockname()
+    peer = f"{local[0]}:{local[1]}"
+    conn.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+            peer in r.getMessage() and "closed AMQP" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if peer in r.getMessage()]
+    accepted = [m for m in lines if m.startswith("accepted AMQP connection")]
+    closed = [m for m in lines if m.startswith("closed AMQP connection")]
+    assert len(accepted) == 1 and len(closed) == 1, lines
+    assert "user 'guest', vhost '/', client Pika Python Client Library" in accepted[0]
+    assert "client closed it: 200 Normal shutdown" in closed[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from leveret.broker.store.records import SEGMENT_SHIFT, QueueKey
@@ -90,27 +91,24 @@ class Index:
         ordinal = found.ordinal(msg_id)
         return None if ordinal < 0 else (found, ordinal)
 
-    def locate_ascending(self, msg_ids: array) -> list[tuple[FileIndex, int] | None]:
+    def locate_ascending(self, msg_ids: array) -> Iterator[tuple[FileIndex, int] | None]:
         """``locate`` for each id of an ascending run (a queue's ids at recovery): the next
         record of the same file is tried before a search, so a run costs O(n), not
-        O(n log n)."""
-        out: list[tuple[FileIndex, int] | None] = []
-        append = out.append
+        O(n log n). A generator: a million ids make no list of a million tuples."""
         current: FileIndex | None = None
         ids: array = array("Q")
         position = 0
         for msg_id in msg_ids:
             if current is not None and position < len(ids) and ids[position] == msg_id:
-                append((current, position))
+                yield current, position
                 position += 1
                 continue
             located = self.locate(msg_id)
-            append(located)
+            yield located
             if located is not None:
                 current, position = located
                 ids = current.ids
                 position += 1
-        return out
 
     def offset_of(self, msg_id: int) -> tuple[int, int] | None:
         """(file number, offset) of a message's record."""

@@ -308,10 +308,10 @@ class MessageStore:
             read_span()
         return out
 
-    def sizes_of(self, msg_ids: array) -> list[int]:
+    def sizes_of(self, msg_ids: array) -> array:
         """``size_of`` for an ascending run of ids (a queue's messages at recovery)."""
-        return [located[0].sizes[located[1]] if located is not None else 0
-                for located in self.index.locate_ascending(msg_ids)]
+        return array("Q", (located[0].sizes[located[1]] if located is not None else 0
+                           for located in self.index.locate_ascending(msg_ids)))
 
     def size_of(self, msg_id: int) -> int:
         """The size of a message's record (an estimate of its body's size)."""
