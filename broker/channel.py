@@ -666,7 +666,8 @@ class Channel:
         """Send channel.close for a channel error; discard everything but close-ok after."""
         if self.closing:
             return
-        log.info("channel %d on %s closed: %s", self.number, self.connection.peer, error.reply_text)
+        self.connection.log_rate_limited(log, logging.INFO, "channel %d on %s closed: %s",
+                                         self.number, self.connection.peer, error.reply_text)
         self.release()
         self.closing = True
         self.connection.send_method(

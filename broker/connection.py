@@ -78,9 +78,10 @@ def server_properties(cluster_name: str) -> dict[str, Any]:
     }
 
 
-# Log lines about failed handshakes (bad headers, refused logins, frame errors, timeouts) are
-# limited per peer address: at most PEER_LOG_LINES per PEER_LOG_WINDOW seconds, plus one
-# saying the rest is suppressed, so that one host cannot flood the log.
+# Log lines about failed handshakes (bad headers, refused logins, frame errors, timeouts)
+# and about channel errors are limited per peer address: at most PEER_LOG_LINES per
+# PEER_LOG_WINDOW seconds, plus one saying the rest is suppressed, so that one host cannot
+# flood the log.
 PEER_LOG_LINES = 5
 PEER_LOG_WINDOW = 10.0
 _PEER_LOG_MAX = 4096  # addresses remembered
@@ -99,8 +100,9 @@ def _text(value: object) -> object:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def log_about_peer(peer: str, level: int, message: str, *args: object) -> None:
-    """``log.log(level, message, *args)`` unless ``peer``'s address has had its share."""
+def log_about_peer(peer: str, level: int, message: str, *args: object,
+                   logger: logging.Logger = log) -> None:
+    """``logger.log(level, message, *args)`` unless ``peer``'s address has had its share."""
     address = peer.rpartition(":")[0] or peer
     now = time.monotonic()
     entry = _peer_log.get(address)
@@ -113,10 +115,10 @@ def log_about_peer(peer: str, level: int, message: str, *args: object) -> None:
         entry = _peer_log[address] = [now, 0]
     entry[1] += 1
     if entry[1] <= PEER_LOG_LINES:
-        log.log(level, message, *args)
+        logger.log(level, message, *args)
     elif entry[1] == PEER_LOG_LINES + 1:
-        log.log(level, "further log lines about handshakes from %s suppressed for up to %gs",
-                address, PEER_LOG_WINDOW)
+        logger.log(level, "further log lines about errors from %s suppressed for up to %gs",
+                   address, PEER_LOG_WINDOW)
 
 
 class Connection(asyncio.Protocol):
@@ -369,6 +371,11 @@ class Connection(asyncio.Protocol):
     def confirms_ready(self, channel: Channel) -> None:
         self._confirm_channels[channel] = None
         self.schedule_flush()
+
+    def log_rate_limited(self, logger: logging.Logger, level: int, message: str,
+                         *args: object) -> None:
+        """Log about this client, within its address's share (see ``log_about_peer``)."""
+        log_about_peer(self.peer, level, message, *args, logger=logger)
 
     def client_capability(self, name: str) -> bool:
         caps = self.client_properties.get("capabilities")

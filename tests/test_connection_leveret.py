@@ -125,3 +125,24 @@ def test_one_log_line_per_accepted_and_per_closed_connection(
     assert len(accepted) == 1 and len(closed) == 1, lines
     assert "user 'guest', vhost '/', client Pika Python Client Library" in accepted[0]
     assert "client closed it: 200 Normal shutdown" in closed[0]
+
+
+def test_channel_errors_are_logged_within_the_peers_share(
+        broker, embedded, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that provokes channel errors in a loop cannot flood the log: its address
+    gets PEER_LOG_LINES lines per window, and one saying the rest is suppressed."""
+    from leveret.broker import connection
+
+    monkeypatch.setattr(connection, "_peer_log", {})
+    monkeypatch.setattr(connection, "PEER_LOG_WINDOW", 60.0)
+    caplog.set_level(logging.INFO, logger="leveret")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port))
+    for _ in range(3 * connection.PEER_LOG_LINES):
+        channel = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            channel.queue_declare("no-such-queue-here", passive=True)
+    conn.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "leveret.broker.channel"]
+    assert len(lines) == connection.PEER_LOG_LINES + 1, lines
+    assert "suppressed" in lines[-1]
