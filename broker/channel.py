@@ -269,6 +269,10 @@ class Channel:
     def _accept_header(self, payload: bytes) -> tuple[int, bytes]:
         """Check a publish's content header: (body size, the header as it will be stored)."""
         content_class, size, flags = fastpath.content_header_fields(payload)
+        if payload[2:4] != b"\x00\x00":  # a weight other than 0: RabbitMQ 3.10.8's words
+            raise errors.UnexpectedFrame(
+                "expected content header for class 60, got non content header frame "
+                "instead", c.CLASS_BASIC, 40)
         if content_class != c.CLASS_BASIC:
             raise errors.UnexpectedFrame(
                 f"expected content header for class 60, got one for class {content_class} "

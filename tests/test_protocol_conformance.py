@@ -1038,3 +1038,30 @@ def test_reply_texts_longer_than_a_shortstr_are_cut_with_an_ellipsis(broker: Bro
         text = b"NOT_FOUND - no exchange '" + name + b"' in vhost '/'"
         assert close_fields(payload) == (404, text[:252] + b"...", 60, 40)
         c.close_connection()
+
+
+def test_content_header_weight_other_than_zero_is_505(
+    broker: BrokerAddress, unique: str
+) -> None:
+    """The spec says a content header's weight is 0 (found by the fuzz test: Leveret kept
+    and delivered a weight of 256).
+
+    agreed with RabbitMQ 3.10.8: connection.close 505 UNEXPECTED_FRAME - expected content
+    header for class 60, got non content header frame instead (class 60, method 40), and
+    nothing is queued.
+    """
+    queue = f"{unique}-weight"
+    header = header_payload(3)
+    weighted = header[:2] + struct.pack(">H", 256) + header[4:]
+    with raw_client(broker) as c:
+        declare(c, queue)
+        publish_raw(c, weighted, routing_key=queue.encode())
+        close = c.expect_connection_close(505)
+        assert close.reply_text == ("UNEXPECTED_FRAME - expected content header for class 60, "
+                                    "got non content header frame instead")
+        assert (close.class_id, close.method_id) == (60, 40)
+    with raw_client(broker) as c:
+        assert ready_count(c, queue, 1) == 0
+        c.send_method(1, commands.Queue.Delete(queue=queue))
+        c.expect_method(commands.Queue.DeleteOk, channel=1)
+        c.close_connection()
