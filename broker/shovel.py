@@ -358,8 +358,11 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         summary = asyncio.run(_run_with_signals(shovel))
     except ShovelError as error:
         print(f"leveret shovel: {error}", file=sys.stderr)
-        print(f"leveret shovel: {shovel.summary}", file=sys.stderr)
+        if shovel.received:
+            print(f"leveret shovel: {shovel.summary}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        return 130
     print(f"leveret shovel: {summary}")
     return 1 if summary.failed else 0
 

@@ -197,7 +197,9 @@ def test_command_drains_with_a_rate_display_and_summary(source: EmbeddedBroker,
     _check_moved(_take_all(dest.url, "copy"), 50)
 
 
-def test_command_stops_cleanly_on_sigterm(source: EmbeddedBroker, dest: EmbeddedBroker) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_command_stops_cleanly_on_a_signal(source: EmbeddedBroker, dest: EmbeddedBroker,
+                                           signum: int) -> None:
     _publish(source.url, "work", 30)
     with _channel(dest.url) as channel:
         channel.queue_declare("copy", durable=True)
@@ -211,7 +213,7 @@ def test_command_stops_cleanly_on_sigterm(source: EmbeddedBroker, dest: Embedded
     _publish(source.url, "work", 5, declare=False)
     while _count(dest.url, "copy") < 35 and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=15)
     assert process.returncode == 0, err
     assert "moved 35, failed 0, left in the source queue 0" in out
@@ -300,6 +302,22 @@ def test_leveret_to_rabbitmq(source: EmbeddedBroker) -> None:
         summary = _shovel(source.url, "work", RABBITMQ_URL, dest_queue=queue)
         assert summary == Summary(moved=200, failed=0, left=0)
         _check_moved(_take_all(RABBITMQ_URL, queue), 200)
+
+
+@needs_rabbitmq
+def test_rabbitmq_refusals_stay_in_the_source(source: EmbeddedBroker) -> None:
+    _publish(source.url, "work", 10)
+    with _rabbitmq_queue() as queue:
+        with _channel(RABBITMQ_URL) as channel:
+            channel.queue_declare(queue, arguments={"x-max-length": 3,
+                                                    "x-overflow": "reject-publish"})
+        summary = _shovel(source.url, "work", RABBITMQ_URL, dest_queue=queue)
+        assert summary == Summary(moved=3, failed=7, left=7)
+        assert _count(RABBITMQ_URL, queue) == 3
+    # unroutable at RabbitMQ: returned (publishes are mandatory), so kept at the source
+    summary = _shovel(source.url, "work", RABBITMQ_URL, dest_exchange="amq.direct",
+                      dest_key=f"nowhere-{uuid.uuid4().hex}")
+    assert summary.moved == 0 and summary.failed >= 1 and summary.left == 7
 
 
 @needs_rabbitmq
