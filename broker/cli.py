@@ -1,5 +1,5 @@
-"""Command line: ``leveret serve``, ``leveret check`` and ``leveret --version``
-(also ``python -m leveret``).
+"""Command line: ``leveret serve``, ``leveret check``, ``leveret shovel`` and
+``leveret --version`` (also ``python -m leveret``).
 
 Exit status: 0 after a clean stop, 2 for a usage or settings error (nothing is started or
 created), 1 when start-up fails (a busy port, an unusable data directory...), with one
@@ -49,7 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     probe.add_argument("--port", type=int, help="(default: $LEVERET_PORT, else 5672)")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    shovel = commands.add_parser(
+        "shovel", help="move a queue's messages to another broker",
+        description="Move messages from a queue on one broker to a queue or exchange on "
+                    "another; each is acked at the source once the destination confirmed it "
+                    "(at least once). Exit 0 when everything taken moved, 1 on a connection "
+                    "error or messages the destination refused (they stay in the source).")
+    add_shovel_arguments(shovel)
+    shovel.set_defaults(parser=shovel)
     return parser
+
+
+def add_shovel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``leveret shovel`` options."""
+    parser.add_argument("--src-uri", required=True, metavar="URI",
+                        help="source broker, e.g. amqp://guest:guest@host:5672/%%2F")
+    parser.add_argument("--src-queue", required=True, metavar="QUEUE",
+                        help="queue to take messages from")
+    parser.add_argument("--dest-uri", required=True, metavar="URI", help="destination broker")
+    to = parser.add_mutually_exclusive_group(required=True)
+    to.add_argument("--dest-queue", metavar="QUEUE",
+                    help="publish to this queue (through the default exchange)")
+    to.add_argument("--dest-exchange", metavar="EXCHANGE", help="publish to this exchange")
+    parser.add_argument("--dest-key", metavar="KEY",
+                        help="routing key with --dest-exchange (default: each message's own)")
+    parser.add_argument("--drain", action="store_true",
+                        help="stop once the source queue is empty (default: run until "
+                             "SIGINT or SIGTERM)")
+    parser.add_argument("--prefetch", type=int, default=500, metavar="N",
+                        help="messages in flight at once (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no rate display on stderr")
 
 
 def install_event_loop_policy() -> str:
@@ -113,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check":
         return check_command(args)
+    if args.command == "shovel":
+        from leveret.broker.shovel import command  # aiormq only when shovelling
+
+        install_event_loop_policy()
+        return command(args, args.parser)
     return serve_command(args)
 
 
