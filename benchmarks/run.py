@@ -105,6 +105,22 @@ SCENARIOS: list[tuple[str, str, str | None]] = [
         "Celery: 10k no-op tasks through 1 worker (-P threads -c 4, prefetch x4)",
         "built-in: celery_noop.py worker + publisher (pyamqp://)",
     ),
+    ("k", "1p/1c 1 MB autoack", "-x 1 -y 1 -s 1048576 -a"),
+    (
+        "l",
+        "1p/1c 64 KB persistent, durable queue, confirm 100, prefetch 100",
+        "-x 1 -y 1 -s 65536 --persistent --durable -q 100 --confirm 100",
+    ),
+    (
+        "m",
+        "task-like: 256 B, properties new per message, prefetch 100, confirm 100",
+        "-x 1 -y 1 -s 256 -q 100 --confirm 100 --task-props",
+    ),
+    (
+        "n",
+        "task-like, persistent: 256 B, properties new per message, durable, confirm 100",
+        "-x 1 -y 1 -s 256 -q 100 --confirm 100 --task-props --persistent --durable",
+    ),
 ]
 CUSTOM = {"h", "i", "j"}  # run by run_h / run_i / run_j, not by amqp-perf
 SCENARIO_BY_KEY = {s[0]: s for s in SCENARIOS}
@@ -1893,7 +1909,7 @@ def main() -> int:
     ap.add_argument(
         "--scenarios",
         default=",".join(s[0] for s in SCENARIOS),
-        help="comma-separated scenario keys (default: all, a-j)",
+        help="comma-separated scenario keys (default: all, a-n)",
     )
     ap.add_argument("--duration", type=float, default=10, help="measurement window, s (-z)")
     ap.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5673/")
