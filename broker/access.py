@@ -216,6 +216,14 @@ class Authorizer:
                 f"access to {resource} '{shown}' in vhost '{self.vhost}' "
                 f"refused for user '{self.username}'")
 
+    def check_binding(self, source: str, resource: str, destination: str) -> None:
+        """RabbitMQ's checks for (un)binding, in its order: write on the destination (a
+        queue or an exchange), neither end the default exchange, read on the source."""
+        self.check(WRITE, resource, destination)
+        if not source or not destination:
+            raise errors.AccessRefused("operation not permitted on the default exchange")
+        self.check(READ, "exchange", source)
+
     def configure(self, resource: str, name: str) -> None:
         self.check(CONFIGURE, resource, name)
 

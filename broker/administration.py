@@ -18,7 +18,16 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.access import SHA256, AccessControl, Permission, User, check_pattern
+from leveret.broker import __version__
+from leveret.broker.access import (
+    SHA256,
+    AccessControl,
+    Permission,
+    User,
+    check_pattern,
+    hash_password,
+)
+from leveret.broker.exchange import Exchange
 from leveret.broker.vhost import VirtualHost
 from leveret.protocol import constants as c
 
@@ -161,8 +170,6 @@ class Administration:
                  tags: Iterable[str] = ()) -> User:
         """Add or replace user ``name``. Give a password, or RabbitMQ's hash of one; with
         neither the user cannot log in with a password (as in RabbitMQ)."""
-        from leveret.broker.access import hash_password
-
         if not name:
             raise DefinitionError("a user needs a name")
         if password is not None:
@@ -256,9 +263,6 @@ class Administration:
     def export_definitions(self) -> dict[str, Any]:
         """Users, vhosts, permissions and durable exchanges, queues and bindings in the
         format of RabbitMQ 3.10's ``GET /api/definitions``."""
-        from leveret.broker import __version__
-        from leveret.broker.exchange import Exchange
-
         access = self.access
         out: dict[str, Any] = {
             "rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8",
@@ -275,24 +279,22 @@ class Administration:
                 if queue.durable and queue.exclusive_owner is None:
                     out["queues"].append({
                         "name": queue.name, "vhost": vhost.name, "durable": True,
-                        "auto_delete": queue.auto_delete, "arguments": _plain(queue.arguments)})
+                        "auto_delete": queue.auto_delete, "arguments": json_safe(queue.arguments)})
             for ex in vhost.exchanges.values():
-                if ex.durable and ex.name and not ex.name.startswith("amq."):
+                if not ex.durable or not ex.name:
+                    continue
+                if not ex.name.startswith("amq."):
                     out["exchanges"].append({
                         "name": ex.name, "vhost": vhost.name, "type": ex.type, "durable": True,
                         "auto_delete": ex.auto_delete, "internal": ex.internal,
-                        "arguments": _plain(ex.arguments)})
-            for ex in vhost.exchanges.values():
-                if not ex.durable:
-                    continue
+                        "arguments": json_safe(ex.arguments)})
                 for (dest, key, _frozen), args in ex.table.bindings.items():
-                    kept = dest.durable and getattr(dest, "exclusive_owner", None) is None
-                    if not kept or ex.name == "":
-                        continue
-                    out["bindings"].append({
-                        "source": ex.name, "vhost": vhost.name, "destination": dest.name,
-                        "destination_type": "exchange" if isinstance(dest, Exchange) else "queue",
-                        "routing_key": key, "arguments": _plain(args)})
+                    if dest.durable and getattr(dest, "exclusive_owner", None) is None:
+                        out["bindings"].append({
+                            "source": ex.name, "vhost": vhost.name, "destination": dest.name,
+                            "destination_type": ("exchange" if isinstance(dest, Exchange)
+                                                 else "queue"),
+                            "routing_key": key, "arguments": json_safe(args)})
         return out
 
     # -- durability -------------------------------------------------------------------------
@@ -302,12 +304,8 @@ class Administration:
             store.define(change)
 
 
-def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Declare arguments as JSON values (bytes become text, as RabbitMQ exports them)."""
-    return json_safe(arguments)
-
-
 def json_safe(value: Any) -> Any:
+    """Declare arguments as JSON values (bytes become text, as RabbitMQ exports them)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, dict):

@@ -496,7 +496,7 @@ class Connection(asyncio.Protocol):
                 "For details see the broker logfile.")
             self.loop.call_later(delay, self._refuse_login, refused)
             return
-        self.loop.call_later(delay, self._refuse_silently, reason)
+        self.loop.call_later(delay, self._refuse_silently, None)
 
     def _refuse_login(self, refused: errors.AMQPError) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -556,11 +556,12 @@ class Connection(asyncio.Protocol):
         log.info("accepted AMQP connection %s -> %s: user '%s', vhost '%s', client %s",
                  self.peer, self.local, self.username, vhost.name, client or "unnamed")
 
-    def _refuse_silently(self, reason: str) -> None:
+    def _refuse_silently(self, reason: str | None) -> None:
         """Fail the handshake as RabbitMQ does: no frame, the socket closed after a pause;
-        nothing more is read from the peer meanwhile."""
-        log_about_peer(self.peer, logging.WARNING, "connection %s refused during handshake: %s",
-                       self.peer, reason)
+        nothing more is read from the peer meanwhile. ``reason`` None: already logged."""
+        if reason is not None:
+            log_about_peer(self.peer, logging.WARNING,
+                           "connection %s refused during handshake: %s", self.peer, reason)
         self.state = CLOSING
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()

@@ -158,16 +158,21 @@ class VirtualHost:
                     f"but current is '{_flag(current)}'"
                 )
 
-    def delete_exchange(self, name: str, if_unused: bool) -> None:
+    def delete_exchange(self, name: str, if_unused: bool,
+                        authz: Authorizer | None = None) -> None:
+        """RabbitMQ's checks in its order: the default exchange, system exchanges (whether
+        they exist or not), configure permission; a missing exchange is not an error."""
         if name == "":
             raise errors.AccessRefused("operation not permitted on the default exchange")
-        exchange = self.exchanges.get(name)
-        if exchange is None:
-            return  # RabbitMQ 3.x answers delete-ok for a missing exchange
         if name.startswith("amq."):
             raise errors.AccessRefused(
                 f"deletion of system exchange '{name}' {self._in()} not allowed"
             )
+        if authz is not None:
+            authz.configure("exchange", name)
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # RabbitMQ 3.x answers delete-ok for a missing exchange
         if if_unused and len(exchange.table):
             raise errors.PreconditionFailed(f"exchange '{name}' {self._in()} in use")
         self._remove_exchange(exchange)

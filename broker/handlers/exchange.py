@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING
 
 from pamqp import commands
 
-from leveret.protocol import errors
-
 if TYPE_CHECKING:
     from leveret.broker.channel import Channel
 
@@ -29,29 +27,14 @@ def declare(ch: Channel, m: commands.Exchange.Declare) -> None:
 
 
 def delete(ch: Channel, m: commands.Exchange.Delete) -> None:
-    if m.exchange == "":
-        raise errors.AccessRefused("operation not permitted on the default exchange")
-    if m.exchange.startswith("amq."):
-        raise errors.AccessRefused(f"deletion of system exchange '{m.exchange}' in vhost "
-                                   f"'{ch.vhost.name}' not allowed")
-    ch.connection.authz.configure("exchange", m.exchange)
     mark = ch.store_mark()
-    ch.vhost.delete_exchange(m.exchange, m.if_unused)
+    ch.vhost.delete_exchange(m.exchange, m.if_unused, ch.connection.authz)
     if not m.nowait:
         ch.reply(commands.Exchange.DeleteOk(), mark)
 
 
-def _check_binding(ch: Channel, source: str, destination: str) -> None:
-    """RabbitMQ's checks for (un)binding exchanges, in its order: write on the destination,
-    neither the default exchange, then read on the source."""
-    ch.connection.authz.write("exchange", destination)
-    if not source or not destination:
-        raise errors.AccessRefused("operation not permitted on the default exchange")
-    ch.connection.authz.read("exchange", source)
-
-
 def bind(ch: Channel, m: commands.Exchange.Bind) -> None:
-    _check_binding(ch, m.source, m.destination)
+    ch.connection.authz.check_binding(m.source, "exchange", m.destination)
     vhost = ch.vhost
     source = vhost.get_exchange(m.source)
     destination = vhost.get_exchange(m.destination)
@@ -62,7 +45,7 @@ def bind(ch: Channel, m: commands.Exchange.Bind) -> None:
 
 
 def unbind(ch: Channel, m: commands.Exchange.Unbind) -> None:
-    _check_binding(ch, m.source, m.destination)
+    ch.connection.authz.check_binding(m.source, "exchange", m.destination)
     vhost = ch.vhost
     source = vhost.exchanges.get(m.source)
     destination = vhost.exchanges.get(m.destination)

@@ -62,19 +62,10 @@ def _declare_reply_to(ch: Channel, m: commands.Queue.Declare) -> None:
             consumer_count=consumers))
 
 
-def _check_binding(ch: Channel, source: str, queue: str) -> None:
-    """RabbitMQ's checks for (un)binding a queue, in its order: write on the queue, then
-    read on the exchange."""
-    ch.connection.authz.write("queue", queue)
-    if not source:
-        raise errors.AccessRefused("operation not permitted on the default exchange")
-    ch.connection.authz.read("exchange", source)
-
-
 def bind(ch: Channel, m: commands.Queue.Bind) -> None:
     vhost = ch.vhost
     name = _queue_name(ch, m.queue)
-    _check_binding(ch, m.exchange, name)
+    ch.connection.authz.check_binding(m.exchange, "queue", name)
     source = vhost.get_exchange(m.exchange)
     queue = vhost.get_queue(name, ch.connection)
     mark = ch.store_mark()
@@ -86,7 +77,7 @@ def bind(ch: Channel, m: commands.Queue.Bind) -> None:
 def unbind(ch: Channel, m: commands.Queue.Unbind) -> None:
     vhost = ch.vhost
     name = _queue_name(ch, m.queue)
-    _check_binding(ch, m.exchange, name)
+    ch.connection.authz.check_binding(m.exchange, "queue", name)
     source = vhost.exchanges.get(m.exchange)
     queue = vhost.queues.get(name)
     mark = ch.store_mark()
