@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from leveret.broker.message import Entry, Message, header_shape, parse_expiratio
 from leveret.broker.publish import Routed, complete, route
 from leveret.broker.publish import publish as deliver_publish
 from leveret.broker.queue import quorum_header
+from leveret.broker.stats import MessageStats
 from leveret.protocol import constants as c
 from leveret.protocol import errors, fastpath
 from leveret.protocol.framing import method_frame
@@ -79,6 +81,8 @@ class Channel:
         self.connection = connection
         self.number = number
         self.vhost = connection.vhost
+        self.stats = MessageStats()  # RabbitMQ's channel message_stats (broker/stats.py)
+        self.opened_at = time.time()
         self.closing = False  # we sent channel.close and wait for close-ok
         self.flow_active = True
         self.reply_queue: Queue | None = None  # direct reply-to consumer's private queue
@@ -362,13 +366,19 @@ class Channel:
                    ticket: int, queues: list[Queue]) -> None:
         """After a publish went its way: throttle on backlogged queues, return it if it was
         mandatory and unroutable, confirm it once everything it caused is durable."""
+        stats = self.stats
+        stats.publish += 1
         for queue in queues:
             if queue.backlogged:  # flow control: hold this channel's next publishes
                 self.throttle(queue)
-        if not routed and mandatory:
-            self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
-            if not self.connection.has_room():
-                self.park_until_writable()  # returns pile up: wait for the client to read
+        if not routed:
+            if mandatory:
+                stats.return_unroutable += 1
+                self.send_return(c.NO_ROUTE, "NO_ROUTE", message)
+                if not self.connection.has_room():
+                    self.park_until_writable()  # returns pile up: wait for the client to read
+            else:
+                stats.drop_unroutable += 1
         if self.confirm_mode:
             seq = self.publish_seq = self.publish_seq + 1
             if refused:
@@ -427,6 +437,7 @@ class Channel:
         seq = self._pending[0][0] - 1 if self._pending else self.publish_seq
         done = self.confirmed_seq
         if seq > done:
+            self.stats.confirm += seq - done
             nacks = sorted(n for n in self._confirm_nacks if n <= seq)
             if nacks:
                 self._confirm_nacks = [n for n in self._confirm_nacks if n > seq]
@@ -444,6 +455,7 @@ class Channel:
             for one in ahead:
                 if one <= self.confirmed_seq:
                     continue
+                self.stats.confirm += 1
                 if one in self._confirm_nacks:
                     self._confirm_nacks.remove(one)
                     out.append(method_frame(number, fastpath.nack_method(one, False)))
@@ -465,7 +477,16 @@ class Channel:
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         queue = consumer.queue
-        if not consumer.no_ack:
+        stats, queue_stats = self.stats, queue.stats
+        if entry.redelivered:
+            stats.redeliver += 1
+            queue_stats.redeliver += 1
+        if consumer.no_ack:
+            stats.deliver_no_ack += 1
+            queue_stats.deliver_no_ack += 1
+        else:
+            stats.deliver += 1
+            queue_stats.deliver += 1
             self.unacked[tag] = (entry, queue, consumer)
             consumer.unacked += 1
             queue.unacked += 1
@@ -495,7 +516,16 @@ class Channel:
         """Answer basic.get with ``entry``."""
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
-        if not no_ack:
+        stats, queue_stats = self.stats, queue.stats
+        if entry.redelivered:
+            stats.redeliver += 1
+            queue_stats.redeliver += 1
+        if no_ack:
+            stats.get_no_ack += 1
+            queue_stats.get_no_ack += 1
+        else:
+            stats.get += 1
+            queue_stats.get += 1
             self.unacked[tag] = (entry, queue, None)
             queue.unacked += 1
             if self.connection.reading_paused:
@@ -569,6 +599,8 @@ class Channel:
     def _settle(self, deliveries: list[Delivery], requeue: bool | None) -> None:
         """Finish deliveries: acked (requeue None), discarded (False) or requeued (True)."""
         by_queue: dict[Queue, list[Entry]] = {}
+        if requeue is None:
+            self.stats.ack += len(deliveries)
         for entry, queue, consumer in deliveries:
             queue.unacked -= 1
             if consumer is not None:
@@ -583,6 +615,7 @@ class Channel:
                 queue.forget(entries)
                 continue
             if requeue is None:
+                queue.stats.ack += len(entries)
                 queue.acked(entries)
             elif requeue:
                 queue.requeue(entries)
@@ -688,6 +721,8 @@ class Channel:
     def release(self) -> None:
         """Give back everything this channel holds: consumers, unacked messages (those a
         transaction settled included), content, and what waited for the store."""
+        if not self.released:
+            self.connection.broker.statistics.retire(self)
         self.released = True
         if self._timeout_timer is not None:
             self._timeout_timer.cancel()

@@ -139,6 +139,9 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self._out_full = False
         self.out_bytes = 0  # message bodies gathered in self.out this iteration
+        # traffic, as RabbitMQ's connection stats name it
+        self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0
+        self.connected_at = time.time()
         self._flush_scheduled = False
         self._confirm_channels: dict[Channel, None] = {}
         self.writable = True
@@ -237,6 +240,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()
+        self.recv_oct += len(data)
+        self.recv_cnt += 1
         if self.state == AWAIT_HEADER:
             data = self._read_protocol_header(data)
             if not data:
@@ -351,6 +356,8 @@ class Connection(asyncio.Protocol):
             data = b"".join(self.out)
             self.out.clear()
             self.transport.write(data)
+            self.send_oct += len(data)
+            self.send_cnt += 1
             self.last_sent = time.monotonic()
         else:
             self.out.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from leveret.broker.routing import TABLES, RoutingTable
+from leveret.broker.stats import MessageStats, RateWindow
 
 BUILTIN_TYPES = frozenset(TABLES)
 DELAYED_TYPE = "x-delayed-message"  # RabbitMQ's delayed-message plugin, built in here
@@ -40,6 +41,8 @@ class Exchange:
         self.alternate: str | None = alternate if isinstance(alternate, str) else None
         self.exchange_destinations = 0  # bindings whose destination is an exchange
         self.bound_as_destination: set[tuple[Exchange, str, Any]] = set()
+        self.stats = MessageStats()  # publish_in / publish_out (broker/stats.py)
+        self.rates = RateWindow()
 
     def __repr__(self) -> str:
         return f"<Exchange {self.name!r} {self.type}>"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.broker.deadletter import dead_letter
 from leveret.broker.message import Entry, Message, copy_properties, stored_message
 from leveret.broker.ready import FifoReady, PriorityReady, spillable
+from leveret.broker.stats import MessageStats, RateWindow
 from leveret.protocol.tables import Long, content_header
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class Queue:
         self.throttled: set[Channel] = set()  # channels whose publishes wait for this queue
         self.backlogged = False  # past flow_high with consumers: publishers should wait
         self.deleted = False
+        self.stats = MessageStats()  # RabbitMQ's queue message_stats (broker/stats.py)
+        self.rates = RateWindow()
         self._dispatcher = vhost.dispatcher
         self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
         self._limited = self.max_length is not None or self.max_length_bytes is not None
@@ -133,6 +136,7 @@ class Queue:
         False when the queue refuses it (reject-publish)."""
         seq = self._next_seq
         self._next_seq = seq + 1
+        self.stats.publish += 1
         entry = Entry(seq, message, False, msg_id)
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):

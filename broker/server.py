@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from array import array
 
 from leveret.broker import __version__, delayed, tls
@@ -15,6 +16,7 @@ from leveret.broker.config import BrokerConfig
 from leveret.broker.connection import Connection
 from leveret.broker.dispatcher import Dispatcher
 from leveret.broker.message import stored_message
+from leveret.broker.stats import Statistics
 from leveret.broker.store import MessageStore
 from leveret.broker.store.records import CorruptRecord
 from leveret.broker.store.store import Recovered
@@ -63,6 +65,8 @@ class Broker:
         self.vhosts: dict[str, VirtualHost] = {}
         self.admin = Administration(self)  # users, permissions, vhosts at run time
         self.failed_logins = FailedLogins()
+        self.statistics = Statistics(self)  # message counters and rates (broker/stats.py)
+        self.started_at = time.time()
         self.blocked_reason: str | None = None
         self.store: MessageStore | None = None
         self._server: asyncio.Server | None = None
@@ -103,6 +107,7 @@ class Broker:
             self.admin.bootstrap(None)
         self.admin.load_configured_definitions()
         self._check_resources()
+        self.statistics.start(self.loop)
         await self._server.start_serving()
         self.port = _bound_port(self._server, config.port)
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
@@ -227,6 +232,7 @@ class Broker:
                 server.close()
         if self._alarm_timer is not None:
             self._alarm_timer.cancel()
+        self.statistics.stop()
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout
