@@ -1,5 +1,5 @@
-"""Command line: ``leveret serve``, ``leveret check``, ``leveret shovel`` and
-``leveret --version`` (also ``python -m leveret``).
+"""Command line: ``leveret serve``, ``leveret check``, ``leveret shovel``, ``leveret ctl``
+and ``leveret --version`` (also ``python -m leveret``).
 
 Exit status: 0 after a clean stop, 2 for a usage or settings error (nothing is started or
 created), 1 when start-up fails (a busy port, an unusable data directory...), with one
@@ -18,7 +18,7 @@ import socket
 import ssl
 import sys
 
-from leveret.broker import __version__, logs, settings
+from leveret.broker import __version__, ctl, logs, settings
 from leveret.broker.check import check
 from leveret.broker.config import BrokerConfig
 from leveret.broker.server import Broker
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "error or messages the destination refused (they stay in the source).")
     add_shovel_arguments(shovel)
     shovel.set_defaults(parser=shovel)
+    manage = commands.add_parser(
+        "ctl", help="rabbitmqctl's commands over the management HTTP API",
+        usage="leveret ctl [options] COMMAND [args]", description=ctl.__doc__)
+    ctl.add_arguments(manage)
     return parser
 
 
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
         install_event_loop_policy()
         return command(args, args.parser)
+    if args.command == "ctl":
+        return ctl.command(args)
     return serve_command(args)
 
 
