@@ -22,7 +22,7 @@ from leveret.broker.message import Entry, Message, header_shape, parse_expiratio
 from leveret.broker.publish import Routed, complete, route
 from leveret.broker.publish import publish as deliver_publish
 from leveret.broker.queue import quorum_header
-from leveret.broker.stats import MessageStats
+from leveret.broker.stats import MessageStats, RateWindow
 from leveret.protocol import constants as c
 from leveret.protocol import errors, fastpath
 from leveret.protocol.framing import method_frame
@@ -82,6 +82,7 @@ class Channel:
         self.number = number
         self.vhost = connection.vhost
         self.stats = MessageStats()  # RabbitMQ's channel message_stats (broker/stats.py)
+        self.rates = RateWindow()
         self.opened_at = time.time()
         self.closing = False  # we sent channel.close and wait for close-ok
         self.flow_active = True

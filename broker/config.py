@@ -45,6 +45,11 @@ class BrokerConfig:
     tls_verify_peer: bool = True  # with a CA: check a client certificate when one is sent
     tls_fail_if_no_peer_cert: bool = False  # ... and refuse clients that send none
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "AMQPLAIN")  # add "EXTERNAL" for certificates
+    # HTTP listeners on ``host``: the management API and dashboard (RabbitMQ's 15672) and
+    # Prometheus metrics (15692). None: off (the command line's default turns both on);
+    # 0: any free port.
+    management_port: int | None = None
+    metrics_port: int | None = None
     # Limits (RabbitMQ's names; None: unlimited, RabbitMQ's default).
     connection_max: int | None = None  # connections to the whole broker
     vhost_limits: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -154,6 +154,7 @@ class Connection(asyncio.Protocol):
         self.close_reason = ""  # for the log line when the connection ends
         self.authz: Authorizer = None  # type: ignore[assignment]  # set by connection.open
         self.client_properties: dict[str, Any] = {}
+        self.mechanism = ""  # the SASL mechanism the client logged in with
         self.frame_max = self.config.frame_max
         self.channel_max = self.config.channel_max
         self.heartbeat = 0
@@ -454,6 +455,7 @@ class Connection(asyncio.Protocol):
     def _start_ok(self, method: commands.Connection.StartOk) -> None:
         self.client_properties = method.client_properties or {}
         mechanism = method.mechanism
+        self.mechanism = mechanism
         if mechanism not in self.mechanisms:
             known = "invalid" if mechanism in auth.MECHANISMS else "unknown"
             raise errors.CommandInvalid(f"{known} authentication mechanism '{mechanism}'")

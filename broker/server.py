@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from array import array
+from typing import TYPE_CHECKING
 
 from leveret.broker import __version__, delayed, tls
 from leveret.broker.administration import Administration
@@ -22,6 +23,9 @@ from leveret.broker.store.records import CorruptRecord
 from leveret.broker.store.store import Recovered
 from leveret.broker.vhost import VirtualHost
 from leveret.protocol import constants as c
+
+if TYPE_CHECKING:
+    from leveret.broker.management.server import HttpListener
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ class Broker:
         self._alarm_timer: asyncio.TimerHandle | None = None
         self.alarms: set[str] = set()
         self.port = self.config.port
+        self.management: HttpListener | None = None  # the management API and dashboard
 
     async def start(self) -> None:
         """Open the data directory, recover durable state, and start listening."""
@@ -108,6 +113,7 @@ class Broker:
         self.admin.load_configured_definitions()
         self._check_resources()
         self.statistics.start(self.loop)
+        await self._start_http()
         await self._server.start_serving()
         self.port = _bound_port(self._server, config.port)
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
@@ -116,6 +122,20 @@ class Broker:
             await self._tls_server.start_serving()
             self.tls_port = _bound_port(self._tls_server, config.tls_port)
             log.info("listening on amqps://%s:%d", _url_host(config.host), self.tls_port)
+
+    async def _start_http(self) -> None:
+        """The management API (and dashboard) listener, when configured."""
+        config = self.config
+        if config.management_port is not None:
+            from leveret.broker.management.server import HttpListener, application
+
+            self.management = HttpListener(application(self), "management API")
+            await self.management.start(config.host, config.management_port)
+
+    @property
+    def management_port(self) -> int | None:
+        """Where the management API listens (None: it does not)."""
+        return self.management.port if self.management is not None else None
 
     def _restore(self, recovered: Recovered) -> None:
         saved = recovered.definitions.vhosts
@@ -233,6 +253,8 @@ class Broker:
         if self._alarm_timer is not None:
             self._alarm_timer.cancel()
         self.statistics.stop()
+        if self.management is not None:
+            await self.management.stop()
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout

@@ -83,6 +83,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(0.0.0.0 or :: for every interface)", env=True, metavar="HOST"),
     Setting("port", Integer(0, 65535, " (0: any free port)"), 5672, "AMQP port", env=True,
             metavar="PORT"),
+    Setting("management_port", Integer(0, 65535, " (0: off)"), 15672, "HTTP port of the "
+            "management API and dashboard, on host (RabbitMQ's 15672)", env=True,
+            metavar="PORT"),
+    Setting("metrics_port", Integer(0, 65535, " (0: off)"), 15692, "HTTP port of the "
+            "Prometheus metrics, on host (RabbitMQ's 15692)", env=True, metavar="PORT"),
     Setting("tls_port", Integer(0, 65535), None, "amqps port (conventionally 5671); "
             "needs tls_cert and tls_key (unset: no TLS listener)", metavar="PORT"),
     Setting("tls_cert", FilePath(), None, "PEM certificate chain of the broker", path=True),
@@ -228,6 +233,7 @@ class Settings:
         v = copy.deepcopy(self.values)
         return BrokerConfig(
             host=v["host"], port=v["port"], data_dir=v["data_dir"],
+            management_port=v["management_port"] or None, metrics_port=v["metrics_port"] or None,
             default_user=v["default_user"], default_pass=v["default_pass"],
             default_user_tags=tuple(v["default_user_tags"]), default_vhost=v["default_vhost"],
             loopback_users=tuple(v["loopback_users"]), users=v["users"],

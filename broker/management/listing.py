@@ -1,0 +1,139 @@
+"""Filtering, sorting, paging and ``columns=`` for the list endpoints, as RabbitMQ's UI uses them.
+
+A list of 50,000 queues stays fast because the objects are filtered, sorted and paged
+*before* they are rendered as JSON whenever the sort key can be read off the object itself
+(``Listing.keys``); only the page is rendered. Sorting by anything else (a rate, say)
+renders every item first, as it must.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
+
+
+class BadQuery(ValueError):
+    """A query parameter RabbitMQ would answer 400 for."""
+
+
+@dataclass
+class Listing:
+    """How to list one kind of object: render one, and sort keys readable without rendering."""
+
+    render: Callable[[Any], dict[str, Any]]
+    name: Callable[[Any], str]
+    keys: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    default_sort: tuple[str, ...] = ()
+
+
+def _dotted(item: Mapping[str, Any], path: str) -> Any:
+    value: Any = item
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """Mixed values sort as RabbitMQ's UI shows them: missing first, numbers, then text."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, bool | int | float):
+        return (1, value)
+    return (2, str(value))
+
+
+def select_columns(item: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    """Keep only ``columns`` (dotted paths keep the nesting: message_stats.publish)."""
+    out: dict[str, Any] = {}
+    for column in columns:
+        parts = column.split(".")
+        value = _dotted(item, column)
+        if value is None and not _has(item, parts):
+            continue
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
+def _has(item: Mapping[str, Any], parts: list[str]) -> bool:
+    value: Any = item
+    for part in parts:
+        if not isinstance(value, Mapping) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as error:
+        raise BadQuery(f"{name} must be an integer, got {raw!r}") from error
+    if value < 1:
+        raise BadQuery(f"{name} must be at least 1")
+    return value
+
+
+def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Any:
+    """A list endpoint's answer: a list, or with ``page`` RabbitMQ's paged object."""
+    items = list(objects)
+    total = len(items)
+    wanted = query.get("name")
+    if wanted:
+        if query.get("use_regex") == "true":
+            try:
+                pattern = re.compile(wanted, re.IGNORECASE)
+            except re.error as error:
+                raise BadQuery(f"invalid regular expression {wanted!r}: {error}") from error
+            items = [one for one in items if pattern.search(how.name(one))]
+        else:
+            lowered = wanted.lower()
+            items = [one for one in items if lowered in how.name(one).lower()]
+    sort = query.get("sort") or ""
+    reverse = query.get("sort_reverse") == "true"
+    paged = "page" in query
+    page = _int_param(query, "page", 1)
+    size = min(_int_param(query, "page_size", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
+    rendered: list[dict[str, Any]] | None = None
+    if not sort:
+        keys = [how.keys[k] for k in how.default_sort if k in how.keys]
+        if keys:
+            items.sort(key=lambda one: tuple(key(one) for key in keys), reverse=reverse)
+    elif sort in how.keys:
+        key = how.keys[sort]
+        items.sort(key=lambda one: _sortable(key(one)), reverse=reverse)
+    else:
+        rendered = [how.render(one) for one in items]
+        rendered.sort(key=lambda item: _sortable(_dotted(item, sort)), reverse=reverse)
+    filtered = len(items)
+    if paged:
+        page_count = max(1, -(-filtered // size))
+        if page > page_count:
+            raise BadQuery(f"page {page} is past the last page ({page_count})")
+        start = (page - 1) * size
+        if rendered is None:
+            shown = [how.render(one) for one in items[start:start + size]]
+        else:
+            shown = rendered[start:start + size]
+    else:
+        shown = rendered if rendered is not None else [how.render(one) for one in items]
+    columns = [c for c in (query.get("columns") or "").split(",") if c]
+    if columns:
+        shown = [select_columns(item, columns) for item in shown]
+    if not paged:
+        return shown
+    return {"filtered_count": filtered, "item_count": len(shown), "items": shown,
+            "page": page, "page_count": page_count, "page_size": size,
+            "total_count": total}

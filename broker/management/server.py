@@ -1,0 +1,63 @@
+"""The management listener: the HTTP API (and the dashboard) on the broker's own event loop.
+
+Served by aiohttp: a well-kept asyncio HTTP server with routing, basic-auth friendly
+middleware and streaming, so Leveret carries no HTTP parser of its own. When the port is
+taken (a second broker on one host, say) the broker still starts and logs one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from leveret.broker.management import api, auth
+
+if TYPE_CHECKING:
+    from leveret.broker.server import Broker
+
+log = logging.getLogger(__name__)
+
+
+def application(broker: Broker) -> web.Application:
+    """The management app: API routes behind basic auth."""
+    app = web.Application(middlewares=[auth.middleware(broker)],
+                          client_max_size=64 * 1024 * 1024)
+    app["broker"] = broker
+    app.add_routes(api.routes)
+    return app
+
+
+class HttpListener:
+    """One aiohttp application on host:port; ``port`` is None while it is not serving."""
+
+    def __init__(self, app: web.Application, what: str) -> None:
+        self.app = app
+        self.what = what
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=128)
+        try:
+            await site.start()
+        except OSError as error:
+            log.warning("%s not started: cannot listen on %s:%d (%s); the broker runs "
+                        "without it", self.what, host, port, error.strerror or error)
+            await runner.cleanup()
+            return
+        self._runner = runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("%s listening on http://%s:%d", self.what,
+                 f"[{host}]" if ":" in host else host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.port = None
