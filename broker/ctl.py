@@ -130,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("-e", "--if-empty", action="store_true", help="only if it has no messages")
     sub.add_argument("-u", "--if-unused", action="store_true", help="only if it has no consumers")
     sub = add("peek", peek, "show a queue's first messages, leaving them in the queue "
-                                "(they come back marked redelivered)")
+                            "(RabbitMQ requeues them, marked redelivered)")
     sub.add_argument("queue")
     sub.add_argument("count", nargs="?", type=_positive, default=1, help="(default: 1)")
     sub = add("close_connection", close_connection, "close a client connection")

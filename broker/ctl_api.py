@@ -109,6 +109,8 @@ class ManagementAPI:
             return f"user '{self.user}' may not {method} {path} (403: {reason or 'forbidden'})"
         if status == 404:
             return missing or f"{self.url}/api{path}: not found (is this the management API?)"
+        if reason.startswith(f"{status}: "):  # aiohttp's "405: Method Not Allowed"
+            reason = reason[len(f"{status}: "):]
         return f"{method} {path}: HTTP {status}" + (f": {reason}" if reason else "")
 
 
@@ -124,5 +126,5 @@ def _decode(data: bytes) -> Any:
 def _reason(answer: Any) -> str:
     """The ``reason`` of an error answer (``{"error": ..., "reason": ...}``)."""
     if isinstance(answer, dict):
-        return str(answer.get("reason") or answer.get("error") or "")
+        answer = answer.get("reason") or answer.get("error")
     return str(answer or "")[:200]
