@@ -440,8 +440,12 @@ def _alarms(ctx: Context) -> tuple[bool, str]:
     if status == 200:
         return True, "no alarms"
     if status == 503:
-        reason = answer.get("reason") if isinstance(answer, dict) else None
-        return False, str(reason or answer or "alarm in effect")
+        if not isinstance(answer, dict):
+            return False, str(answer or "alarm in effect")
+        alarms = [f"{a.get('resource')} on {a.get('node')}" for a in answer.get("alarms") or []
+                  if isinstance(a, dict)]
+        reason = str(answer.get("reason") or "alarm in effect")
+        return False, reason + (f" ({', '.join(alarms)})" if alarms else "")
     raise CtlError(ctx.api.describe(status, answer, "GET", "/health/checks/alarms", None))
 
 

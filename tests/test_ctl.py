@@ -454,6 +454,23 @@ def test_status_and_ping(target: Target) -> None:
     assert as_json(target, "ping")["ok"] is True
 
 
+@pytest.fixture
+def alarmed() -> Iterator[Target]:
+    """A Leveret over its memory high watermark (1 byte): the memory alarm is on."""
+    yield from _leveret(memory_high_watermark=1)
+
+
+def test_ping_fails_under_an_alarm(alarmed: Target) -> None:
+    done = ctl(alarmed, "ping")
+    assert done.returncode == 1
+    assert "alarm: resource alarm(s) in effect (" in done.stdout
+    assert "memory on leveret@localhost)" in done.stdout
+    assert json.loads(ctl(alarmed, "--json", "ping").stdout)["ok"] is False
+    [alarm] = as_json(alarmed, "status")["alarms"]
+    assert "memory on leveret@localhost" in alarm
+    assert "alarms       resource alarm(s) in effect (" in ok(alarmed, "status")
+
+
 def test_environment_and_url_credentials(target: Target) -> None:
     parsed = urllib.parse.urlsplit(target.http_url)
     bare = f"http://{parsed.hostname}:{parsed.port}"
