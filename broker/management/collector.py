@@ -14,6 +14,7 @@ from __future__ import annotations
 import platform
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -176,24 +177,49 @@ def _family(name: str, documentation: str, labels: Iterable[str] | None = None,
     return kind(name, documentation, value=value, labels=labels)
 
 
-def object_families(series: tuple[Series, ...], objects: Iterable[Any],
-                    label_names: tuple[str, ...],
-                    labels_of: Callable[[Any], tuple[str, ...]] | None) -> list[Metric]:
-    """One family per series: a sample per object with ``labels_of``, else their sum."""
+def summed(series: tuple[Series, ...], objects: Iterable[Any]) -> list[Metric]:
+    """One unlabelled family per series: the sum over ``objects``."""
     getters = [get for _name, _help, get in series]
-    if labels_of is None:
-        sums = [0.0] * len(series)
-        for obj in objects:
-            for i, get in enumerate(getters):
-                sums[i] += get(obj)
-        return [_family(name, doc, value=total)
-                for (name, doc, _get), total in zip(series, sums, strict=True)]
-    families = [_family(name, doc, label_names) for name, doc, _get in series]
+    sums = [0.0] * len(series)
     for obj in objects:
-        labels = labels_of(obj)
-        for family, get in zip(families, getters, strict=True):
-            family.add_metric(labels, get(obj))
+        for i, get in enumerate(getters):
+            sums[i] += get(obj)
+    return [_family(name, doc, value=total)
+            for (name, doc, _get), total in zip(series, sums, strict=True)]
+
+
+Rows = list[tuple[tuple[str, ...], list[float]]]  # (label values, one value per series)
+
+
+def rows(series: tuple[Series, ...], objects: Iterable[Any],
+         labels_of: Callable[[Any], tuple[str, ...]]) -> Rows:
+    """Each object's labels and values: plain tuples, cheap to read on the loop."""
+    getters = [get for _name, _help, get in series]
+    return [(labels_of(obj), [get(obj) for get in getters]) for obj in objects]
+
+
+def labelled(series: tuple[Series, ...], label_names: tuple[str, ...],
+             read: Rows) -> list[Metric]:
+    """One family per series with a sample per row (building them is most of the cost)."""
+    families = [_family(name, doc, label_names) for name, doc, _get in series]
+    for labels, values in read:
+        for family, value in zip(families, values, strict=True):
+            family.add_metric(labels, value)
     return families
+
+
+@dataclass(eq=False)  # a registry keys its collectors by identity
+class Reading:
+    """What one scrape read off the broker, on its loop: families whose values are known,
+    and the per-object series as rows, made into families by ``collect`` in any thread."""
+
+    families: list[Metric]
+    objects: list[tuple[tuple[Series, ...], tuple[str, ...], Rows]]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+        for series, label_names, read in self.objects:
+            yield from labelled(series, label_names, read)
 
 
 def _package_version(name: str) -> str:
@@ -217,13 +243,30 @@ class BrokerCollector:
             "prometheus_client_version": _package_version("prometheus_client"),
         }
 
-    def collect(self) -> Iterator[Metric]:
-        yield from self._node()
-        yield from self._global()
-        yield from self._objects()
-        store = self.broker.store
+    def read(self) -> Reading:
+        """Read the broker's state (on its loop only): O(objects), no Metric per object."""
+        reading = Reading([*self._node(), *self._global()], [])
+        broker = self.broker
+        queues = [queue for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
+        connections = list(broker.connections)
+        channels = [channel for connection in connections
+                    for channel in connection.channels.values()]
+        for series, objects, label_names, labels_of in (
+                (QUEUE_SERIES, queues, ("vhost", "queue"), _queue_labels),
+                (CONNECTION_SERIES, connections, ("vhost", "connection"), _connection_labels),
+                (CHANNEL_SERIES, channels, ("vhost", "channel"), _channel_labels)):
+            if self.per_object:
+                reading.objects.append((series, label_names, rows(series, objects, labels_of)))
+            else:
+                reading.families += summed(series, objects)
+        store = broker.store
         if store is not None:
-            yield from store_families(store)
+            reading.families += store_families(store)
+        return reading
+
+    def collect(self) -> Iterator[Metric]:
+        """The Collector interface: read and build at once (on the broker's loop)."""
+        return self.read().collect()
 
     # -- the node ----------------------------------------------------------------------------
     def _node(self) -> Iterator[Metric]:
@@ -300,22 +343,6 @@ class BrokerCollector:
             family = _family(name, documentation, PROTOCOL)
             family.add_metric(AMQP091, value)
             yield family
-
-    # -- queues, connections, channels -----------------------------------------------------------
-    def _objects(self) -> Iterator[Metric]:
-        broker = self.broker
-        per_object = self.per_object
-        queues = [queue for vhost in broker.vhosts.values() for queue in vhost.queues.values()]
-        yield from object_families(QUEUE_SERIES, queues, ("vhost", "queue"),
-                                   _queue_labels if per_object else None)
-        connections = list(broker.connections)
-        yield from object_families(CONNECTION_SERIES, connections, ("vhost", "connection"),
-                                   _connection_labels if per_object else None)
-        channels = [channel for connection in connections
-                    for channel in connection.channels.values()]
-        yield from object_families(CHANNEL_SERIES, channels, ("vhost", "channel"),
-                                   _channel_labels if per_object else None)
-
 
 def _queue_labels(queue: Any) -> tuple[str, ...]:
     return queue.vhost.name, queue.name
