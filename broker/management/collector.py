@@ -7,6 +7,10 @@ message for it. As in RabbitMQ, ``/metrics`` sums the queue, connection and chan
 into one unlabelled sample each, and ``/metrics/per-object`` gives one sample per object
 (labels ``vhost`` and ``queue``, ``connection``, ``channel``). Node-wide series and the
 global counters are the same on both. Leveret's own series (the store) start ``leveret_``.
+
+``BrokerCollector.read`` runs on the broker's loop and takes plain numbers and labels; the
+``Reading`` it returns is itself a collector, which builds the per-object families (most
+of the cost) wherever it runs.
 """
 
 from __future__ import annotations
@@ -230,7 +234,7 @@ def _package_version(name: str) -> str:
 
 
 class BrokerCollector:
-    """Yields the broker's metric families on each scrape (runs on the broker's loop)."""
+    """The broker's metric families: ``read`` them on the loop, collect the reading."""
 
     def __init__(self, broker: Broker, per_object: bool) -> None:
         self.broker = broker
