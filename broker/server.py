@@ -17,6 +17,7 @@ from leveret.broker.config import BrokerConfig
 from leveret.broker.connection import Connection
 from leveret.broker.dispatcher import Dispatcher
 from leveret.broker.message import stored_message
+from leveret.broker.shovels import DynamicShovels
 from leveret.broker.stats import Statistics
 from leveret.broker.store import MessageStore
 from leveret.broker.store.records import CorruptRecord
@@ -67,6 +68,7 @@ class Broker:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]  # set by start()
         self.connections: set[Connection] = set()
         self.vhosts: dict[str, VirtualHost] = {}
+        self.shovels = DynamicShovels(self)  # shovels running inside the broker
         self.admin = Administration(self)  # users, permissions, vhosts at run time
         self.failed_logins = FailedLogins()
         self.statistics = Statistics(self)  # message counters and rates (broker/stats.py)
@@ -80,6 +82,7 @@ class Broker:
         self.alarms: set[str] = set()
         self.port = self.config.port
         self.management: HttpListener | None = None  # the management API and dashboard
+        self.metrics: HttpListener | None = None  # Prometheus metrics
 
     async def start(self) -> None:
         """Open the data directory, recover durable state, and start listening."""
@@ -115,6 +118,7 @@ class Broker:
         self.statistics.start(self.loop)
         await self._start_http()
         await self._server.start_serving()
+        self.shovels.start()  # once serving: a shovel may connect to this very broker
         self.port = _bound_port(self._server, config.port)
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
                  _url_host(config.host), self.port, config.data_dir or "none, nothing is kept")
@@ -124,18 +128,29 @@ class Broker:
             log.info("listening on amqps://%s:%d", _url_host(config.host), self.tls_port)
 
     async def _start_http(self) -> None:
-        """The management API (and dashboard) listener, when configured."""
+        """The management API (and dashboard) and the metrics listeners, when configured."""
         config = self.config
         if config.management_port is not None:
             from leveret.broker.management.server import HttpListener, application
 
             self.management = HttpListener(application(self), "management API")
             await self.management.start(config.host, config.management_port)
+        if config.metrics_port is not None:
+            from leveret.broker.management import metrics
+            from leveret.broker.management.server import HttpListener
+
+            self.metrics = HttpListener(metrics.application(self), "Prometheus metrics")
+            await self.metrics.start(config.host, config.metrics_port)
 
     @property
     def management_port(self) -> int | None:
         """Where the management API listens (None: it does not)."""
         return self.management.port if self.management is not None else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where the Prometheus metrics are served (None: they are not)."""
+        return self.metrics.port if self.metrics is not None else None
 
     def _restore(self, recovered: Recovered) -> None:
         saved = recovered.definitions.vhosts
@@ -247,14 +262,16 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
+        await self.shovels.stop()  # they settle what they hold while connections are up
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()
         if self._alarm_timer is not None:
             self._alarm_timer.cancel()
         self.statistics.stop()
-        if self.management is not None:
-            await self.management.stop()
+        for listener in (self.management, self.metrics):
+            if listener is not None:
+                await listener.stop()
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout

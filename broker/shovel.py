@@ -113,11 +113,18 @@ class Shovel:
         self._dest_channel: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._started = 0.0  # when consuming began (time.monotonic)
+        self.stopped_by_request = False  # stop() was called (not a refusal or a failure)
         self._rate_mark = (0.0, 0)  # (when, moved) at the last rate line
 
     def stop(self) -> None:
         """Ask the run to stop cleanly (signal handlers call this)."""
+        self.stopped_by_request = True
         self._stop.set()
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the run has connected both sides and consumes the source queue."""
+        return self._started > 0
 
     async def run(self) -> Summary:
         """Move messages until drained or stopped; ShovelError when a side is unusable."""
@@ -175,8 +182,11 @@ class Shovel:
             await asyncio.wait([watchers[-1], src_closed, dest_closed],
                                return_when=asyncio.FIRST_COMPLETED)
             check_connections()
-            declared = await src_channel.queue_declare(self.src_queue, passive=True)
-            self.summary.left = declared.message_count
+            try:
+                declared = await src_channel.queue_declare(self.src_queue, passive=True)
+                self.summary.left = declared.message_count
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                self.summary.left = 0  # an auto-delete queue went with the shovel's consumer
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             await asyncio.sleep(0)  # let the closing futures settle
             check_connections()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from leveret.broker.management import api, auth
+from leveret.broker.management import api, auth, parameters
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -24,8 +24,9 @@ def application(broker: Broker) -> web.Application:
     """The management app: API routes behind basic auth."""
     app = web.Application(middlewares=[auth.middleware(broker)],
                           client_max_size=64 * 1024 * 1024)
-    app["broker"] = broker
+    app[api.BROKER] = broker
     app.add_routes(api.routes)
+    app.add_routes(parameters.routes)
     return app
 
 
