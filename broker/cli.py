@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     shovel.set_defaults(parser=shovel)
     manage = commands.add_parser(
         "ctl", help="rabbitmqctl's commands over the management HTTP API",
-        usage="leveret ctl [options] COMMAND [args]", description=ctl.__doc__)
+        usage="leveret ctl [options] COMMAND [args]", description=ctl.DESCRIPTION)
     ctl.add_arguments(manage)
     return parser
 

@@ -21,6 +21,11 @@ from leveret.broker import ctl_format
 from leveret.broker.ctl_api import CtlError, ManagementAPI, quote, split_credentials
 from leveret.broker.ctl_format import Item
 
+DESCRIPTION = (
+    "rabbitmqctl's commands over the management HTTP API (RabbitMQ's, which Leveret serves "
+    "too). Exit status 0 when done; 1 when the broker is unreachable, refuses the login, has "
+    "no such object, refuses the change, or (ping) has an alarm in effect; 2 for a usage "
+    "error. 'leveret ctl COMMAND --help' shows a command's arguments and columns.")
 DEFAULT_URL = "http://127.0.0.1:15672"
 ENV_URL, ENV_USER, ENV_PASSWORD = "LEVERET_CTL_URL", "LEVERET_CTL_USER", "LEVERET_CTL_PASSWORD"
 
