@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("username", metavar="user")
     sub.add_argument("new_password", metavar="password")
     sub = add("set_user_tags", set_user_tags,
-                  "replace a user's tags (administrator, monitoring, management, policymaker)")
+              "replace a user's tags (administrator, monitoring, management, policymaker)")
     sub.add_argument("username", metavar="user")
     sub.add_argument("tags", nargs="*", metavar="tag", help="none: remove every tag")
     sub = add("add_vhost", add_vhost, "add a virtual host (done if it exists)")
@@ -158,18 +158,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = add("delete_vhost", delete_vhost, "delete a virtual host and everything in it")
     sub.add_argument("name")
     sub = add("set_permissions", set_permissions,
-                  "set a user's permissions in the vhost (regular expressions)")
+              "set a user's permissions in the vhost (regular expressions)")
     sub.add_argument("username", metavar="user")
     for name in ("configure", "write", "read"):
         sub.add_argument(name)
     sub = add("clear_permissions", clear_permissions,
-                  "remove a user's permissions in the vhost")
+              "remove a user's permissions in the vhost")
     sub.add_argument("username", metavar="user")
     sub = add("export_definitions", export_definitions,
-                  "write users, vhosts, permissions, queues, exchanges and bindings as JSON")
+              "write users, vhosts, permissions, queues, exchanges and bindings as JSON")
     sub.add_argument("file", help="- for standard output")
     sub = add("import_definitions", import_definitions,
-                  "create what a definitions file (RabbitMQ's JSON) lists")
+              "create what a definitions file (RabbitMQ's JSON) lists")
     sub.add_argument("file", help="- for standard input")
     add("status", status, "show the node: version, uptime, totals, memory, alarms")
     add("ping", ping, "exit 0 if the broker answers and has no alarm in effect, 1 if not")
@@ -244,8 +244,8 @@ def command(args: argparse.Namespace) -> int:
     except CtlError as error:
         print(f"leveret ctl {args.ctl_command}: {error}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `leveret ctl list_queues | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `leveret ctl list_queues | head`: the rest goes nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
