@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from leveret.broker.management import api, auth
+from leveret.broker.management import api, auth, dashboard
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def application(broker: Broker) -> web.Application:
-    """The management app: API routes behind basic auth."""
+    """The management app: API routes behind basic auth, and the dashboard at ``/``."""
     app = web.Application(middlewares=[auth.middleware(broker)],
                           client_max_size=64 * 1024 * 1024)
     app["broker"] = broker
     app.add_routes(api.routes)
+    dashboard.add_routes(app)
     return app
 
 
