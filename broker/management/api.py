@@ -341,7 +341,9 @@ def find_exchange(request: web.Request) -> tuple[VirtualHost, Any]:
 
 @routes.get("/api/exchanges/{vhost}/{name}")
 async def exchange(request: web.Request) -> web.Response:
-    return reply(views.exchange_json(*find_exchange(request)))
+    data = views.exchange_json(*find_exchange(request))
+    data["incoming"] = data["outgoing"] = []  # RabbitMQ 3.10.8's per-link rates (basic mode)
+    return reply(data)
 
 
 @routes.get("/api/exchanges/{vhost}/{name}/bindings/source")
