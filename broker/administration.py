@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FULL_ACCESS = (".*", ".*", ".*")
 VHOST_DELETED = "CONNECTION_FORCED - vhost '{}' is deleted"
+NO_EQUIVALENT = "Leveret has no equivalent"  # ends the problems that are only skipped parts
 
 
 class DefinitionError(ValueError):
@@ -239,7 +240,7 @@ class Administration:
         for key in ("policies", "parameters", "global_parameters", "topic_permissions"):
             if data.get(key):
                 problems.append(f"{len(data[key])} {key.replace('_', ' ')} not imported: "
-                                "Leveret has no equivalent")
+                                + NO_EQUIVALENT)
         return problems
 
     def _import_one(self, kind: str, item: dict[str, Any], make: Any) -> list[str]:

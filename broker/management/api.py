@@ -30,8 +30,13 @@ routes = web.RouteTableDef()
 NOT_FOUND = '{"error":"Object Not Found","reason":"Not Found"}'
 
 
+def dumps(data: Any) -> str:
+    """JSON without spaces, as RabbitMQ writes it (a 50,000-queue list is 10% smaller)."""
+    return json.dumps(data, separators=(",", ":"))
+
+
 def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+    return web.Response(text=dumps(data), status=status, content_type="application/json")
 
 
 def not_found() -> web.HTTPNotFound:
@@ -39,7 +44,7 @@ def not_found() -> web.HTTPNotFound:
 
 
 def bad_request(reason: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "reason": reason}),
+    return web.HTTPBadRequest(text=dumps({"error": "bad_request", "reason": reason}),
                               content_type="application/json")
 
 
@@ -336,7 +341,9 @@ def find_exchange(request: web.Request) -> tuple[VirtualHost, Any]:
 
 @routes.get("/api/exchanges/{vhost}/{name}")
 async def exchange(request: web.Request) -> web.Response:
-    return reply(views.exchange_json(*find_exchange(request)))
+    data = views.exchange_json(*find_exchange(request))
+    data["incoming"] = data["outgoing"] = []  # RabbitMQ 3.10.8's per-link rates (basic mode)
+    return reply(data)
 
 
 @routes.get("/api/exchanges/{vhost}/{name}/bindings/source")

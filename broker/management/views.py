@@ -81,6 +81,8 @@ def queue_json(queue: Queue) -> dict[str, Any]:
     ready = queue.message_count
     unacked = queue.unacked
     messages = ready + unacked
+    in_memory = queue.ready.in_memory
+    spilled_bytes = queue.ready.spilled_bytes
     owner = queue.exclusive_owner
     out: dict[str, Any] = {
         "name": queue.name,
@@ -101,16 +103,28 @@ def queue_json(queue: Queue) -> dict[str, Any]:
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "message_bytes_ready": queue.ready_bytes,
+        # RabbitMQ 3.10.8's paging counts: here what lives on disk only (a spilled backlog)
+        "messages_ram": in_memory + unacked,
+        "messages_ready_ram": in_memory,
+        "messages_unacknowledged_ram": unacked,
+        "messages_paged_out": ready - in_memory,
+        "message_bytes_ram": queue.ready_bytes - spilled_bytes,
+        "message_bytes_paged_out": spilled_bytes,
+        "head_message_timestamp": None,
         "memory": queue_memory(queue),
         "policy": None,
+        "operator_policy": None,
+        "effective_policy_definition": {},
+        "recoverable_slaves": None,
         "exclusive_consumer_tag": None,
         "single_active_consumer_tag": None,
     }
     stats = message_stats(queue.stats, queue.rates, QUEUE_STATS)
     out["message_stats"] = stats
-    out["idle_since"] = iso_time(queue.rates.idle_since) if not queue.consumers else None
-    if out["idle_since"] is None:
-        del out["idle_since"]
+    # RabbitMQ 3.10.8 shows idle_since whenever nothing moved, consumers or not
+    idle_since = queue.rates.idle_since
+    if idle_since is not None:
+        out["idle_since"] = iso_time(idle_since)
     out["messages_details"] = out["messages_ready_details"] = rate(0.0)
     out["messages_unacknowledged_details"] = rate(0.0)
     return out
@@ -125,8 +139,7 @@ def exchange_json(vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
         "durable": exchange.durable,
         "auto_delete": exchange.auto_delete,
         "internal": exchange.internal,
-        "arguments": json_safe(exchange.arguments),
-        "policy": None,
+        "arguments": json_safe(exchange.arguments),  # no "policy" key: RabbitMQ 3.10.8
         "user_who_performed_action": "",
         "message_stats": message_stats(exchange.stats, exchange.rates, EXCHANGE_STATS),
     }
