@@ -37,6 +37,10 @@ class BrokerConfig:
     vhosts: tuple[str, ...] = ()
     permissions: list[dict[str, str]] | None = None
     definitions: dict[str, Any] | None = None  # a RabbitMQ definitions.json, loaded at start
+    # Dynamic shovels set at every start: name -> RabbitMQ's shovel parameter value
+    # ({"src-uri": ..., "src-queue": ..., "dest-uri": ..., "dest-queue": ...}), plus an
+    # optional "vhost" (default_vhost). See broker/shovels.py.
+    shovels: dict[str, dict[str, Any]] = field(default_factory=dict)
     # TLS (amqps): a second listener beside the plain one; RabbitMQ's option names.
     tls_port: int | None = None  # None: no TLS listener (conventionally 5671)
     tls_cert: Path | None = None  # PEM certificate chain of the broker

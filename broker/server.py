@@ -17,6 +17,7 @@ from leveret.broker.config import BrokerConfig
 from leveret.broker.connection import Connection
 from leveret.broker.dispatcher import Dispatcher
 from leveret.broker.message import stored_message
+from leveret.broker.shovels import DynamicShovels
 from leveret.broker.stats import Statistics
 from leveret.broker.store import MessageStore
 from leveret.broker.store.records import CorruptRecord
@@ -67,6 +68,7 @@ class Broker:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]  # set by start()
         self.connections: set[Connection] = set()
         self.vhosts: dict[str, VirtualHost] = {}
+        self.shovels = DynamicShovels(self)  # shovels running inside the broker
         self.admin = Administration(self)  # users, permissions, vhosts at run time
         self.failed_logins = FailedLogins()
         self.statistics = Statistics(self)  # message counters and rates (broker/stats.py)
@@ -115,6 +117,7 @@ class Broker:
         self.statistics.start(self.loop)
         await self._start_http()
         await self._server.start_serving()
+        self.shovels.start()  # once serving: a shovel may connect to this very broker
         self.port = _bound_port(self._server, config.port)
         log.info("Leveret %s listening on amqp://%s:%d (data dir: %s)", __version__,
                  _url_host(config.host), self.port, config.data_dir or "none, nothing is kept")
@@ -247,6 +250,7 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, flush the store."""
+        await self.shovels.stop()  # they settle what they hold while connections are up
         for server in (self._server, self._tls_server):
             if server is not None:
                 server.close()

@@ -277,6 +277,34 @@ class Permissions(Kind):
         return found
 
 
+class Shovels(Kind):
+    """``[shovels.NAME]`` tables with RabbitMQ's shovel parameter keys (``src-uri``,
+    ``src-queue``, ``dest-uri``, ``dest-queue`` or ``dest-exchange`` ...) and an optional
+    ``vhost``; see broker/shovels.py."""
+
+    expect = "a table of shovels"
+
+    def check(self, value: Any) -> Any:
+        from leveret.broker.shovels import ShovelDefinitionError, ShovelSpec
+
+        shovels = {}
+        for name, spec in _table(value, self.expect).items():
+            spec = dict(_table(spec, f"shovel {name!r}: a table"))
+            vhost = spec.pop("vhost", "/")
+            try:
+                ShovelSpec.from_value(vhost, name, spec)
+            except ShovelDefinitionError as error:
+                raise Invalid(f"shovel {name!r}: {error}") from None
+            shovels[name] = {**spec, "vhost": vhost}
+        return shovels
+
+    def show(self, value: Any) -> Any:
+        from leveret.broker.shovel import redact
+
+        return {name: {k: redact(v) if k.endswith("-uri") and isinstance(v, str) else v
+                       for k, v in spec.items()} for name, spec in value.items()}
+
+
 class VhostLimits(Kind):
     """``[vhost_limits."/"]`` with ``max-connections`` and ``max-queues`` (RabbitMQ's
     ``set_vhost_limits`` names; leave one out for no limit)."""

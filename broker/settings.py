@@ -36,6 +36,7 @@ from leveret.broker.setting_types import (
     Names,
     Number,
     Permissions,
+    Shovels,
     Text,
     Users,
     VhostLimits,
@@ -156,6 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("permissions", Permissions(), None, "permissions of the configured users "
             "(default: all on every vhost)", flag=False),
     Setting("vhost_limits", VhostLimits(), {}, "per-vhost limits", flag=False),
+    Setting("shovels", Shovels(), {}, "dynamic shovels run inside the broker",
+            flag=False, secret=True),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -244,6 +247,7 @@ class Settings:
             tls_fail_if_no_peer_cert=v["tls_fail_if_no_peer_cert"],
             auth_mechanisms=tuple(v["auth_mechanisms"]),
             connection_max=v["connection_max"], vhost_limits=v["vhost_limits"],
+            shovels=v["shovels"],
             log_file=v["log_file"], heartbeat=v["heartbeat"], frame_max=v["frame_max"],
             channel_max=v["channel_max"], max_message_size=v["max_message_size"],
             handshake_timeout=v["handshake_timeout"] / 1000,

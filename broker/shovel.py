@@ -113,11 +113,18 @@ class Shovel:
         self._dest_channel: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._started = 0.0  # when consuming began (time.monotonic)
+        self.stopped_by_request = False  # stop() was called (not a refusal or a failure)
         self._rate_mark = (0.0, 0)  # (when, moved) at the last rate line
 
     def stop(self) -> None:
         """Ask the run to stop cleanly (signal handlers call this)."""
+        self.stopped_by_request = True
         self._stop.set()
+
+    @property
+    def consuming(self) -> bool:
+        """Whether the run has connected both sides and consumes the source queue."""
+        return self._started > 0
 
     async def run(self) -> Summary:
         """Move messages until drained or stopped; ShovelError when a side is unusable."""

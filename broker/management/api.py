@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from leveret.broker.vhost import VirtualHost
 
 routes = web.RouteTableDef()
+BROKER: web.AppKey[Broker] = web.AppKey("broker")
 
 NOT_FOUND = '{"error":"Object Not Found","reason":"Not Found"}'
 
@@ -49,7 +50,7 @@ def bad_request(reason: str) -> web.HTTPBadRequest:
 
 
 def broker_of(request: web.Request) -> Broker:
-    return request.app["broker"]
+    return request.app[BROKER]
 
 
 def viewer_of(request: web.Request) -> Viewer:

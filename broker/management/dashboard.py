@@ -9,12 +9,12 @@ the overview charts show the last minutes at once instead of starting empty.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aiohttp import web
 
 from leveret.broker import __version__
+from leveret.broker.management.api import bad_request, broker_of, reply, viewer_of
 
 STATIC = Path(__file__).parent / "static"
 NO_CACHE = {"Cache-Control": "no-cache"}  # a new Leveret version serves new files at once
@@ -42,14 +42,11 @@ async def history(request: web.Request) -> web.Response:
     ``?since=T`` keeps only the samples taken after T (a poll asks for what is new). The
     totals are broker-wide, so only monitoring and administrator users may read them.
     """
-    request["viewer"].require_monitor()
+    viewer_of(request).require_monitor()
     try:
         since = float(request.query.get("since") or 0)
     except ValueError as error:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "bad_request", "reason": "since must be a number"}),
-            content_type="application/json") from error
-    statistics = request.app["broker"].statistics
-    samples = [[moment, counts] for moment, counts in statistics.history if moment > since]
-    return web.Response(text=json.dumps({"interval": 1, "samples": samples}),
-                        content_type="application/json")
+        raise bad_request("since must be a number") from error
+    history = broker_of(request).statistics.history
+    return reply({"interval": 1, "samples": [[moment, counts] for moment, counts in history
+                                             if moment > since]})

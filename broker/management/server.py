@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from leveret.broker.management import api, auth, changes, dashboard, messages
+from leveret.broker.management import api, auth, changes, dashboard, messages, parameters
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -26,10 +26,11 @@ def application(broker: Broker) -> web.Application:
     """The management app: API routes behind basic auth, and the dashboard at ``/``."""
     app = web.Application(middlewares=[json_errors, auth.middleware(broker)],
                           client_max_size=64 * 1024 * 1024)
-    app["broker"] = broker
+    app[api.BROKER] = broker
     app.add_routes(api.routes)
     app.add_routes(changes.routes)
     app.add_routes(messages.routes)
+    app.add_routes(parameters.routes)
     dashboard.add_routes(app)
     return app
 

@@ -53,6 +53,10 @@ def permission_key(user: str, vhost: str) -> str:
     return json.dumps([user, vhost])
 
 
+def parameter_key(component: str, vhost: str, name: str) -> str:
+    return json.dumps([component, vhost, name])
+
+
 class DefinitionsState:
     """The durable definitions as plain data, changed by ops.
 
@@ -61,18 +65,22 @@ class DefinitionsState:
     ``users`` (name -> RabbitMQ's user fields) and ``permissions`` (permission_key ->
     user, vhost and the three patterns) are kept once ``access`` is true: data directories
     written before users were stored have neither, and get the defaults on their next start.
+    ``parameters`` (parameter_key -> component, vhost, name, value) are RabbitMQ's runtime
+    parameters, e.g. dynamic shovels.
     """
 
     def __init__(self, vhosts: dict[str, Any] | None = None,
                  users: dict[str, Any] | None = None,
-                 permissions: dict[str, Any] | None = None, access: bool = False) -> None:
+                 permissions: dict[str, Any] | None = None, access: bool = False,
+                 parameters: dict[str, Any] | None = None) -> None:
         self.vhosts: dict[str, dict[str, Any]] = vhosts or {}
         self.users: dict[str, dict[str, Any]] = users or {}
         self.permissions: dict[str, dict[str, Any]] = permissions or {}
         self.access = access  # users, vhosts and permissions are recorded here
+        self.parameters: dict[str, dict[str, Any]] = parameters or {}
 
     def __len__(self) -> int:
-        return len(self.users) + len(self.permissions) + sum(
+        return len(self.users) + len(self.permissions) + len(self.parameters) + sum(
             1 + len(v["exchanges"]) + len(v["queues"]) + len(v["bindings"])
             for v in self.vhosts.values())
 
@@ -80,6 +88,13 @@ class DefinitionsState:
         kind = op["op"]
         if kind in _ACCESS_OPS:
             self._apply_access(kind, op)
+            return
+        if kind == "parameter.put":
+            self.parameters[parameter_key(op["component"], op["vhost"], op["name"])] = {
+                k: op[k] for k in ("component", "vhost", "name", "value")}
+            return
+        if kind == "parameter.delete":
+            self.parameters.pop(parameter_key(op["component"], op["vhost"], op["name"]), None)
             return
         vhost = self.vhosts.setdefault(op["vhost"], empty_vhost())
         if kind == "exchange.declare":
@@ -111,6 +126,8 @@ class DefinitionsState:
             self.vhosts.pop(op["vhost"], None)
             for key in [k for k, p in self.permissions.items() if p["vhost"] == op["vhost"]]:
                 del self.permissions[key]
+            for key in [k for k, p in self.parameters.items() if p["vhost"] == op["vhost"]]:
+                del self.parameters[key]
         elif kind == "user.put":
             self.users[op["name"]] = {k: op[k] for k in (
                 "name", "password_hash", "hashing_algorithm", "tags")}
@@ -126,7 +143,7 @@ class DefinitionsState:
 
     def to_json(self) -> dict[str, Any]:
         return {"vhosts": self.vhosts, "users": self.users, "permissions": self.permissions,
-                "access": self.access}
+                "access": self.access, "parameters": self.parameters}
 
 
 # Changes that are not about one vhost's exchanges, queues and bindings.
@@ -150,7 +167,7 @@ def decode_snapshot(data: bytes, generation: int) -> DefinitionsState:
         raise ValueError("snapshot failed its checksum")
     data = json.loads(body)
     return DefinitionsState(data["vhosts"], data.get("users"), data.get("permissions"),
-                            bool(data.get("access")))
+                            bool(data.get("access")), data.get("parameters"))
 
 
 def encode_change(op: dict[str, Any]) -> bytes:
