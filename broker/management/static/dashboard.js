@@ -738,7 +738,7 @@
           peekResults.dataset.count = String(messages.length);
           peekResults.replaceChildren(messages.length ? h("p", {class: "muted"},
             `The first ${messages.length} message${messages.length === 1 ? "" : "s"}, left in the queue:`)
-            : h("p", {class: "muted"}, "The queue has no ready messages."), messages.map(messageView));
+            : h("p", {class: "muted"}, "The queue has no ready messages."), ...messages.map(messageView));
         } catch (error) {
           if (!error.login) toast(`Cannot peek: ${error.message}`, true);
         } finally {
