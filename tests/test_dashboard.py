@@ -8,6 +8,7 @@ a JavaScript error or a request the broker refused.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -21,7 +22,8 @@ from typing import Any
 
 import pika
 import pytest
-from pika_helpers import connect, pika_channel
+from management_helpers import Api, q
+from pika_helpers import connect, message_count, pika_channel, queue_exists
 
 from leveret.broker.embedded import EmbeddedBroker
 
@@ -98,6 +100,12 @@ class Dashboard:
             "  (td) => [td.className.split(' ')[0].replace('col-', ''), td.textContent.trim()]));",
             key)
 
+    def click_in_row(self, key: str, button: str) -> None:
+        """Click the ``button`` (a CSS selector) in the table row for ``key``."""
+        self.js("[...document.querySelectorAll('#page tbody tr')]"
+                ".find((tr) => tr.dataset.key === arguments[0])"
+                ".querySelector(arguments[1]).click()", key, button)
+
     def severe(self) -> list[str]:
         """SEVERE console entries since the last call (reading the log empties it)."""
         return [entry["message"] for entry in self.driver.get_log("browser")
@@ -162,6 +170,12 @@ def dash(browser: Dashboard) -> Iterator[Dashboard]:
 
 
 @pytest.fixture(scope="module")
+def http(dash_broker: EmbeddedBroker) -> Api:
+    """The management API over plain HTTP, as guest, to check what the page did."""
+    return Api(f"http://127.0.0.1:{dash_broker.broker.management_port}")
+
+
+@pytest.fixture(scope="module")
 def amqp(dash_broker: EmbeddedBroker) -> Iterator[Any]:
     with pika_channel(dash_broker.url) as (_connection, channel):
         yield channel
@@ -188,18 +202,30 @@ def test_every_page_loads_without_console_errors(dash: Dashboard, amqp: Any) -> 
         "return document.querySelectorAll('#page tbody tr[data-key]').length") >= 1)
 
 
-def test_a_wrong_password_shows_the_login_again(browser: Dashboard) -> None:
-    browser.js("sessionStorage.setItem('leveret.auth', btoa('guest:wrong'));"
-               "location.hash = '#/queues'; location.reload();")
-    browser.wait("the login form again", lambda: browser.js(
-        "return !document.getElementById('login').hidden"
-        " && document.getElementById('login-error').textContent !== ''"))
-    assert "Login failed" in (browser.text("#login-error") or "")
-    browser.severe()  # the refused request is in the console, as it should be
-    browser.fill("#login-password", "guest")
-    browser.click("#login-submit")
-    browser.wait("the queues page after logging in", lambda: browser.js(
-        "return document.body.dataset.page === 'queues'"))
+def log_in(dash: Dashboard, user: str, password: str) -> None:
+    dash.wait("the login form", lambda: dash.js("return !document.getElementById('login').hidden"))
+    dash.fill("#login-user", user)
+    dash.fill("#login-password", password)
+    dash.click("#login-submit")
+
+
+def test_a_wrong_password_and_a_401_show_the_login(browser: Dashboard, http: Api) -> None:
+    browser.click("#logout")
+    log_in(browser, "guest", "wrong")
+    browser.wait("the refusal", lambda: "Login failed" in (browser.text("#login-error") or ""))
+    # a user deleted while logged in: the next poll's 401 brings the login back
+    user = f"dash-{uuid.uuid4().hex[:6]}"
+    http.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": "monitoring"})
+    log_in(browser, user, "pw")
+    browser.open("queues")
+    assert browser.text("#whoami") == f"{user} · monitoring"
+    assert browser.js("return document.getElementById('nav-admin').hidden")
+    http.ok("DELETE", f"/api/users/{user}")
+    browser.wait("the login form after a 401", lambda: browser.js(
+        "return !document.getElementById('login').hidden"))
+    browser.severe()  # the refused requests are in the console, as they should be
+    log_in(browser, "guest", "guest")
+    browser.open("queues")
     assert browser.severe() == []
 
 
@@ -253,8 +279,100 @@ def test_the_overview_charts_grow_while_messages_flow(dash: Dashboard,
             "const li = document.querySelector('#page .legend li strong');"
             "return li && parseFloat(li.textContent) > 0"))
         assert int(dash.js("return document.getElementById('chart-messages').dataset.points")) >= 2
-        dash.wait("the publisher's connection counted", lambda: int(
-            dash.text("#tile-connections") or 0) >= 2)
+        dash.wait("the publisher's connection counted", lambda: dash.text(
+            "#tile-connections") == str(len(dash_broker.broker.connections)) != "1")
     finally:
         stop.set()
         publisher.join(5)
+
+
+def test_purge_from_the_queue_page(dash: Dashboard, amqp: Any) -> None:
+    name = fresh_queue(amqp, 4)
+    dash.open(f"queues/%2F/{name}")
+    dash.wait("the depth", lambda: dash.text("#tile-messages") == "4")
+    dash.click("#purge")
+    dash.confirm()
+    dash.wait("the empty queue", lambda: dash.text("#tile-messages") == "0")
+    assert message_count(amqp, name) == 0
+
+
+def test_peek_shows_messages_that_stay_in_the_queue(dash: Dashboard, amqp: Any,
+                                                    http: Api) -> None:
+    name = fresh_queue(amqp, 3)
+    dash.open(f"queues/%2F/{name}")
+    dash.fill("#peek-count", "2")
+    dash.click("#peek-button")
+    dash.wait("two messages", lambda: dash.js(
+        "return document.querySelectorAll('#peek-results article.message').length") == 2)
+    first = dash.text("#peek-results article.message[data-index='0']") or ""
+    assert '"what": "order"' in first  # the JSON body, pretty-printed
+    assert "application/json" in first and '{"source":"test"}' in first  # its properties
+    assert "redelivered" not in first
+    assert message_count(amqp, name) == 3
+    queue = http.ok("GET", f"/api/queues/%2F/{q(name)}")
+    assert queue["messages"] == 3 and queue["messages_unacknowledged"] == 0
+
+
+def test_publish_and_delete_from_the_queue_page(dash: Dashboard, amqp: Any,
+                                                dash_broker: EmbeddedBroker) -> None:
+    name = fresh_queue(amqp)
+    dash.open(f"queues/%2F/{name}")
+    dash.fill("#publish-payload", "hello from the dashboard")
+    dash.fill("#publish-headers", "attempt = 1")
+    dash.click("#publish-button")
+    dash.wait("the published message", lambda: dash.text("#tile-messages") == "1")
+    _method, properties, body = amqp.basic_get(name, auto_ack=True)
+    assert body == b"hello from the dashboard" and properties.headers == {"attempt": 1}
+    dash.click("#delete")
+    dash.confirm(accept=False)
+    dash.wait("the dialog closed", lambda: not dash.js(
+        "return document.getElementById('confirm').open"))
+    assert queue_exists(dash_broker.url, name)
+    dash.click("#delete")
+    dash.confirm()
+    dash.wait("the queues page", lambda: dash.js("return location.hash") == "#/queues")
+    assert not queue_exists(dash_broker.url, name)
+
+
+def test_close_a_connection(dash: Dashboard, dash_broker: EmbeddedBroker, http: Api) -> None:
+    before = {c["name"] for c in http.ok("GET", "/api/connections")}
+    victim = connect(dash_broker.url)
+    try:
+        (name,) = {c["name"] for c in http.ok("GET", "/api/connections")} - before
+        dash.open("connections")
+        dash.wait("the new connection", lambda: dash.row_cells(name))
+        dash.click_in_row(name, "button.close")
+        dash.confirm()
+        dash.wait("the connection gone", lambda: dash.row_cells(name) is None)
+        deadline = time.monotonic() + WAIT
+        with contextlib.suppress(pika.exceptions.AMQPConnectionError):
+            while victim.is_open and time.monotonic() < deadline:
+                victim.process_data_events(0.1)
+        assert not victim.is_open
+    finally:
+        if victim.is_open:
+            victim.close()
+
+
+def test_admin_adds_and_deletes_a_vhost_and_a_permission(dash: Dashboard, http: Api) -> None:
+    vhost = f"dash-{uuid.uuid4().hex[:6]}"
+    dash.open("admin")
+    dash.fill("#add-vhost-name", vhost)
+    dash.click("#vhosts button[type=submit]")
+    dash.wait("the new vhost", lambda: dash.row_cells(vhost))
+    assert vhost in [v["name"] for v in http.ok("GET", "/api/vhosts")]
+    dash.wait("the vhost in the permission form", lambda: dash.js(
+        "return [...document.getElementById('add-permission-vhost').options]"
+        ".some((o) => o.value === arguments[0])", vhost))
+    dash.js("document.getElementById('add-permission-vhost').value = arguments[0]", vhost)
+    dash.fill("#add-permission-read", "^reports\\.")
+    dash.click("#permissions button[type=submit]")
+    dash.wait("the new permission", lambda: dash.row_cells(f"{vhost}\nguest"))
+    assert http.ok("GET", f"/api/permissions/{q(vhost)}/guest")["read"] == "^reports\\."
+    dash.click_in_row(f"{vhost}\nguest", "button.delete")
+    dash.confirm()
+    dash.wait("the permission gone", lambda: dash.row_cells(f"{vhost}\nguest") is None)
+    dash.click_in_row(vhost, "button.delete")
+    dash.confirm()
+    dash.wait("the vhost gone", lambda: dash.row_cells(vhost) is None)
+    assert vhost not in [v["name"] for v in http.ok("GET", "/api/vhosts")]
