@@ -764,7 +764,7 @@
       counts.set("deliver", perSecond(pick(queue, "message_stats.deliver_get_details.rate") || 0));
       counts.set("ack", perSecond(pick(queue, "message_stats.ack_details.rate") || 0));
       depth.chart.push(Date.now() / 1000, [queue.messages_ready || 0, queue.messages_unacknowledged || 0]);
-      details.replaceChildren(h("h2", null, "Details"), kvTable([
+      details.replaceChildren(h("h2", null, "Details"), facts([
         ["Type", queue.type || "classic"],
         ["Features", features(queue).length ? features(queue) : "–"],
         ["State", queue.state],
@@ -854,7 +854,7 @@
       counts.set("out", perSecond(pick(exchange, "message_stats.publish_out_details.rate") || 0));
       counts.set("outgoing", count(from.length));
       counts.set("incoming", count(to.length));
-      details.replaceChildren(h("h2", null, "Details"), kvTable([
+      details.replaceChildren(h("h2", null, "Details"), facts([
         ["Type", exchange.type],
         ["Features", features(exchange).length ? features(exchange) : "–"],
         ["Arguments", argumentsText(exchange.arguments)],
