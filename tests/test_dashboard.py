@@ -213,17 +213,23 @@ def test_a_wrong_password_and_a_401_show_the_login(browser: Dashboard, http: Api
     browser.click("#logout")
     log_in(browser, "guest", "wrong")
     browser.wait("the refusal", lambda: "Login failed" in (browser.text("#login-error") or ""))
+    browser.severe()  # the refused request is in the console, as it should be
     # a user deleted while logged in: the next poll's 401 brings the login back
     user = f"dash-{uuid.uuid4().hex[:6]}"
-    http.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": "monitoring"})
+    http.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": "management"})
+    http.ok("PUT", f"/api/permissions/%2F/{user}", {"configure": ".*", "write": ".*",
+                                                    "read": ".*"})
     log_in(browser, user, "pw")
-    browser.open("queues")
-    assert browser.text("#whoami") == f"{user} · monitoring"
+    browser.open("")  # the charts sampled by the page: the history is for monitoring users
+    browser.wait("a second sample", lambda: int(browser.js(
+        "return document.getElementById('chart-messages').dataset.points")) >= 2)
+    assert browser.text("#whoami") == f"{user} · management"
     assert browser.js("return document.getElementById('nav-admin').hidden")
+    assert browser.severe() == []
     http.ok("DELETE", f"/api/users/{user}")
     browser.wait("the login form after a 401", lambda: browser.js(
         "return !document.getElementById('login').hidden"))
-    browser.severe()  # the refused requests are in the console, as they should be
+    browser.severe()  # the refused polls too
     log_in(browser, "guest", "guest")
     browser.open("queues")
     assert browser.severe() == []
@@ -278,7 +284,8 @@ def test_the_overview_charts_grow_while_messages_flow(dash: Dashboard,
         dash.wait("a publish rate in the legend", lambda: dash.js(
             "const li = document.querySelector('#page .legend li strong');"
             "return li && parseFloat(li.textContent) > 0"))
-        assert int(dash.js("return document.getElementById('chart-messages').dataset.points")) >= 2
+        dash.wait("points on the queued messages chart", lambda: int(dash.js(
+            "return document.getElementById('chart-messages').dataset.points")) >= 3)
         dash.wait("the publisher's connection counted", lambda: dash.text(
             "#tile-connections") == str(len(dash_broker.broker.connections)) != "1")
     finally:
@@ -354,9 +361,21 @@ def test_close_a_connection(dash: Dashboard, dash_broker: EmbeddedBroker, http: 
             victim.close()
 
 
-def test_admin_adds_and_deletes_a_vhost_and_a_permission(dash: Dashboard, http: Api) -> None:
-    vhost = f"dash-{uuid.uuid4().hex[:6]}"
+def test_admin_adds_and_deletes_a_user_a_vhost_and_a_permission(dash: Dashboard,
+                                                                http: Api) -> None:
+    user, vhost = f"dash-user-{uuid.uuid4().hex[:6]}", f"dash-vhost-{uuid.uuid4().hex[:6]}"
     dash.open("admin")
+    dash.fill("#add-user-name", user)
+    dash.fill("#add-user-password", "secret")
+    dash.js("document.getElementById('add-user-tags').value = 'monitoring'")
+    dash.click("#users button[type=submit]")
+    dash.wait("the new user", lambda: dash.row_cells(user))
+    assert dash.row_cells(user)["tags"] == "monitoring"
+    assert http.as_user(user, "secret").get("/api/whoami").json["tags"] == ["monitoring"]
+    dash.click_in_row(user, "button.delete")
+    dash.confirm()
+    dash.wait("the user gone", lambda: dash.row_cells(user) is None)
+    assert http.get(f"/api/users/{user}").status == 404
     dash.fill("#add-vhost-name", vhost)
     dash.click("#vhosts button[type=submit]")
     dash.wait("the new vhost", lambda: dash.row_cells(vhost))
@@ -376,3 +395,37 @@ def test_admin_adds_and_deletes_a_vhost_and_a_permission(dash: Dashboard, http: 
     dash.confirm()
     dash.wait("the vhost gone", lambda: dash.row_cells(vhost) is None)
     assert vhost not in [v["name"] for v in http.ok("GET", "/api/vhosts")]
+
+
+def test_polling_stops_while_the_tab_is_hidden_or_paused(dash: Dashboard) -> None:
+    dash.open("queues")
+    # count the page's requests; note the count as the tab hides or shows (before the page
+    # reacts: a capturing listener on window) and the polling state after it reacted
+    dash.js("window.calls = 0; window.counts = []; window.states = [];"
+            "const original = window.fetch;"
+            "window.fetch = (...args) => { window.calls += 1; return original(...args); };"
+            "window.addEventListener('visibilitychange',"
+            "  () => window.counts.push(window.calls), true);"
+            "document.addEventListener('visibilitychange', () => window.states.push("
+            "  document.visibilityState + ' ' + document.body.dataset.polling));")
+    shown = dash.driver.current_window_handle
+    dash.driver.switch_to.new_window("tab")  # the dashboard's tab is hidden behind it
+    time.sleep(2.5)  # more than two polls' time
+    dash.driver.close()
+    dash.driver.switch_to.window(shown)
+    dash.wait("polling again", lambda: dash.js("return document.body.dataset.polling")
+              == "running")
+    assert dash.js("return window.states")[0] == "hidden paused"
+    hidden, shown_again = dash.js("return window.counts")
+    assert hidden == shown_again  # not one request while hidden
+    assert dash.js("return window.calls") > shown_again  # a refresh as soon as it shows
+    dash.js("const s = document.getElementById('interval'); s.value = '0';"
+            "s.dispatchEvent(new Event('change'));")
+    assert dash.js("return document.body.dataset.polling") == "paused"
+    time.sleep(0.5)  # a poll under way when paused ends
+    calls = dash.js("return window.calls")
+    time.sleep(1.5)
+    assert dash.js("return window.calls") == calls
+    dash.js("const s = document.getElementById('interval'); s.value = '1000';"
+            "s.dispatchEvent(new Event('change'));")
+    dash.wait("a poll", lambda: dash.js("return window.calls") > calls)
