@@ -22,7 +22,7 @@ from typing import Any
 
 import pika
 import pytest
-from management_helpers import Api, q
+from management_helpers import Api, eventually, q
 from pika_helpers import connect, message_count, pika_channel, queue_exists
 
 from leveret.broker.embedded import EmbeddedBroker
@@ -200,6 +200,39 @@ def test_every_page_loads_without_console_errors(dash: Dashboard, amqp: Any) -> 
     dash.open("connections")
     dash.wait("the test's own connection", lambda: dash.js(
         "return document.querySelectorAll('#page tbody tr[data-key]').length") >= 1)
+
+
+def test_the_page_and_its_files_are_served_without_login(http: Api) -> None:
+    anonymous = http.as_user(None)
+    page = anonymous.get("/")
+    assert page.status == 200 and page.header("Content-Type").startswith("text/html")
+    assert "{{version}}" not in page.text and "static/dashboard.js?v=" in page.text
+    for name, kind in (("dashboard.js", "javascript"), ("chart.js", "javascript"),
+                       ("dashboard.css", "text/css"), ("favicon.svg", "image/svg+xml")):
+        answer = anonymous.get(f"/static/{name}")
+        assert answer.status == 200 and kind in answer.header("Content-Type"), name
+    assert anonymous.get("/static/nothing.js").status == 404
+    assert anonymous.get("/api/leveret/history").status == 401
+
+
+def test_history_gives_the_broker_totals_a_second_apart(http: Api) -> None:
+    def two_samples() -> list[Any] | None:
+        samples = http.ok("GET", "/api/leveret/history")["samples"]
+        return samples if len(samples) >= 2 else None
+
+    samples = eventually(two_samples, timeout=5)
+    (first, totals), (second, _) = samples[-2:]
+    assert 0.5 < second - first < 1.5 and {"publish", "confirm", "deliver_get", "ack",
+                                            "redeliver"} <= set(totals)
+    assert http.ok("GET", f"/api/leveret/history?since={first}")["samples"][0][0] == second
+    assert http.get("/api/leveret/history?since=soon").status == 400
+    user = f"dash-{uuid.uuid4().hex[:6]}"
+    http.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": "management"})
+    try:
+        refused = http.as_user(user, "pw").get("/api/leveret/history")
+        assert refused.status == 401 and refused.json["reason"] == "Not monitor user"
+    finally:
+        http.ok("DELETE", f"/api/users/{user}")
 
 
 def log_in(dash: Dashboard, user: str, password: str) -> None:
