@@ -146,12 +146,24 @@ def exchange_json(vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
-    """What names one binding in URLs: the key, ``~`` for an empty one, and a digest of
-    the arguments when there are any (RabbitMQ hashes them likewise)."""
+    """What names one binding in URLs: the key escaped as RabbitMQ 3.10.8 escapes it
+    (``a.#`` is ``a.%23``), ``~`` for an empty one, and a digest of the arguments when there
+    are any (RabbitMQ hashes them likewise, with another hash: take the key from a list)."""
+    key = _quote_plus(routing_key)
     if not arguments:
-        return routing_key or "~"
+        return key or "~"
     digest = hashlib.sha1(json.dumps(json_safe(arguments), sort_keys=True).encode())
-    return f"{routing_key}~{digest.hexdigest()[:22]}"
+    return f"{key}~{digest.hexdigest()[:22]}"
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def _quote_plus(text: str) -> str:
+    """Erlang's ``quote_plus``: letters, digits and ``-_.`` kept, space as ``+``, the rest
+    of the UTF-8 bytes as ``%XX``."""
+    return "".join(chr(byte) if byte in _UNRESERVED else "+" if byte == 0x20 else f"%{byte:02X}"
+                   for byte in text.encode("utf-8", "surrogateescape"))
 
 
 def binding_json(vhost: str, source: str, dest: Any, routing_key: str,
