@@ -820,6 +820,13 @@ def test_paging_sorting_and_filtering_thousands_of_queues(server: EmbeddedBroker
     assert [x["messages"] for x in page["items"]] == [
         x["messages"] for x in by_messages[100:200]]
     assert all(x["messages"] == 6 for x in page["items"])
+    # a sort key that is not an attribute: every queue rendered first (in chunks)
+    by_stat = api.ok("GET", f"/api/queues/{v}?page=1&page_size=3&sort=message_stats.publish"
+                            "&sort_reverse=true&columns=name,message_stats.publish")
+    assert [x["message_stats"]["publish"] for x in by_stat["items"]] == [6, 6, 6]
+    idle = api.ok("GET", f"/api/queues/{v}?page=1&page_size=2&sort=message_stats.publish"
+                         "&columns=name,message_stats")
+    assert idle["items"] == [{"name": "q0000"}, {"name": "q0007"}]  # no stats: first
     named = api.ok("GET", f"/api/queues/{v}?page=1&page_size=500&name=^q00[0-4]&use_regex=true"
                           "&sort=name")
     assert [x["name"] for x in named["items"]] == [f"q{n:04d}" for n in range(50)]

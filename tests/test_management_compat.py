@@ -121,7 +121,8 @@ def test_queue_fields_tools_read(target: Target, vhost: str) -> None:
         found = api.ok("GET", f"/api/queues/{v}/work")
         stats = found.get("message_stats", {})
         done = (found.get("messages"), found.get("messages_unacknowledged"),
-                stats.get("deliver_get")) == (3, 1, 1) and set(found) >= QUEUE_KEYS
+                found.get("consumers"), stats.get("deliver_get")) == (3, 1, 1, 1) and set(
+                    found) >= QUEUE_KEYS
         return found if done else None  # (RabbitMQ fills the fields in over a few seconds)
 
     found = eventually(settled)

@@ -40,19 +40,28 @@ CHANNEL_STATS = ("publish", "confirm", "return_unroutable", "drop_unroutable", "
 EXCHANGE_STATS = ("publish_in", "publish_out")
 TOTAL_STATS = CHANNEL_STATS
 
-_BASE = len(FIELDS)
+_POSITION = {name: index for index, name in enumerate((*FIELDS, "deliver_get"))}
 
 
 def message_stats(stats: MessageStats, window: RateWindow, shown: tuple[str, ...]
                   ) -> dict[str, Any]:
     """RabbitMQ's ``message_stats``: each counter in ``shown`` with ``<name>_details.rate``."""
-    counts = stats.as_dict()
-    rates = dict(zip(counts, window.rates(tuple(counts.values())), strict=True))
+    counts = tuple(stats.as_dict().values())  # FIELDS, then deliver_get
+    rates = window.rates(counts)
     out: dict[str, Any] = {}
     for name in shown:
-        out[name] = counts[name]
-        out[f"{name}_details"] = {"rate": round(rates[name], 1)}
+        index = _POSITION[name]
+        out[name] = counts[index]
+        out[f"{name}_details"] = {"rate": round(rates[index], 1) if rates[index] else 0.0}
     return out
+
+
+def active_stats(stats: MessageStats, window: RateWindow, shown: tuple[str, ...]
+                 ) -> dict[str, Any] | None:
+    """``message_stats`` of a queue or an exchange, None while nothing has happened to it:
+    RabbitMQ 3.10.8 leaves the key out then (and 50,000 idle queues list faster)."""
+    stats_out = message_stats(stats, window, shown)
+    return stats_out if any(stats_out[name] for name in shown) else None
 
 
 def iso_time(timestamp: float | None) -> str | None:
@@ -119,8 +128,9 @@ def queue_json(queue: Queue) -> dict[str, Any]:
         "exclusive_consumer_tag": None,
         "single_active_consumer_tag": None,
     }
-    stats = message_stats(queue.stats, queue.rates, QUEUE_STATS)
-    out["message_stats"] = stats
+    stats = active_stats(queue.stats, queue.rates, QUEUE_STATS)
+    if stats is not None:
+        out["message_stats"] = stats
     # RabbitMQ 3.10.8 shows idle_since whenever nothing moved, consumers or not
     idle_since = queue.rates.idle_since
     if idle_since is not None:
@@ -132,7 +142,7 @@ def queue_json(queue: Queue) -> dict[str, Any]:
 
 # -- exchanges and bindings ------------------------------------------------------------------
 def exchange_json(vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
-    return {
+    out = {
         "name": exchange.name,
         "vhost": vhost.name,
         "type": exchange.type,
@@ -141,8 +151,11 @@ def exchange_json(vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
         "internal": exchange.internal,
         "arguments": json_safe(exchange.arguments),  # no "policy" key: RabbitMQ 3.10.8
         "user_who_performed_action": "",
-        "message_stats": message_stats(exchange.stats, exchange.rates, EXCHANGE_STATS),
     }
+    stats = active_stats(exchange.stats, exchange.rates, EXCHANGE_STATS)
+    if stats is not None:
+        out["message_stats"] = stats
+    return out
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
