@@ -816,6 +816,10 @@ def test_paging_sorting_and_filtering_thousands_of_queues(server: EmbeddedBroker
         "page_size": 100, "total_count": count}
     everything = api.ok("GET", f"/api/queues/{v}")
     assert len(everything) == count
+    wanted = ["vhost", "name", "messages", "messages_ready", "messages_unacknowledged",
+              "consumers", "durable", "auto_delete", "type", "memory"]
+    read_off = api.ok("GET", f"/api/queues/{v}?columns={','.join(wanted)}")  # not rendered
+    assert read_off == [{column: item[column] for column in wanted} for item in everything]
     by_messages = sorted(everything, key=lambda x: x["messages"], reverse=True)
     assert [x["messages"] for x in page["items"]] == [
         x["messages"] for x in by_messages[100:200]]

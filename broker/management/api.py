@@ -21,6 +21,7 @@ from leveret.broker.management.listing import (
     BadQuery,
     Listing,
     answer,
+    columns_only,
     select,
     sorts_by_rendering,
 )
@@ -85,7 +86,9 @@ async def listed(request: web.Request, objects: Iterable[Any], how: Listing
         selection = select(objects, how, query)
     except BadQuery as error:
         raise bad_request(str(error)) from error
-    shown = selection.items if selection.rendered else await _render(selection.items, how)
+    shown = columns_only(selection, how)
+    if shown is None:
+        shown = selection.items if selection.rendered else await _render(selection.items, how)
     data = answer(selection, shown)
     if not isinstance(data, list) or len(data) <= CHUNK:
         return reply(data)
@@ -124,24 +127,30 @@ QUEUES = Listing(
           "consumers": lambda q: len(q.consumers), "durable": lambda q: q.durable,
           "auto_delete": lambda q: q.auto_delete, "type": views.queue_type,
           "memory": views.queue_memory},
-    default_sort=("vhost", "name"))
+    default_sort=("vhost", "name"),
+    shown_as_keys=frozenset({"name", "vhost", "messages", "messages_ready",
+                             "messages_unacknowledged", "consumers", "durable", "auto_delete",
+                             "type", "memory"}))
 EXCHANGES = Listing(
     render=lambda pair: views.exchange_json(*pair), name=lambda pair: pair[1].name,
     keys={"name": lambda pair: pair[1].name, "vhost": lambda pair: pair[0].name,
           "type": lambda pair: pair[1].type, "durable": lambda pair: pair[1].durable},
-    default_sort=("vhost", "name"))
+    default_sort=("vhost", "name"),
+    shown_as_keys=frozenset({"name", "vhost", "type", "durable"}))
 CONNECTIONS = Listing(
     render=views.connection_json, name=views.connection_name,
     keys={"name": views.connection_name, "user": lambda c: c.username,
           "channels": lambda c: len(c.channels), "recv_oct": lambda c: c.recv_oct,
           "send_oct": lambda c: c.send_oct, "connected_at": lambda c: c.connected_at},
-    default_sort=("name",))
+    default_sort=("name",),
+    shown_as_keys=frozenset({"name", "user", "channels", "recv_oct", "send_oct"}))
 CHANNELS = Listing(
     render=views.channel_json, name=views.channel_name,
     keys={"name": views.channel_name, "number": lambda ch: ch.number,
           "consumer_count": lambda ch: len(ch.consumers),
           "messages_unacknowledged": lambda ch: ch.unacked_count},
-    default_sort=("name",))
+    default_sort=("name",),
+    shown_as_keys=frozenset({"name", "number", "consumer_count", "messages_unacknowledged"}))
 PLAIN = Listing(render=lambda item: item, name=lambda item: str(item.get("name", "")))
 
 

@@ -29,6 +29,8 @@ class Listing:
     name: Callable[[Any], str]
     keys: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     default_sort: tuple[str, ...] = ()
+    # keys whose value is the rendered field itself: columns= of these renders nothing
+    shown_as_keys: frozenset[str] = frozenset()
 
 
 def _dotted(item: Mapping[str, Any], path: str) -> Any:
@@ -168,9 +170,21 @@ def answer(selection: Selection, shown: list[dict[str, Any]]) -> Any:
     return {**selection.page, "items": shown}
 
 
+def columns_only(selection: Selection, how: Listing) -> list[dict[str, Any]] | None:
+    """The items when ``columns=`` asks only for fields readable off the objects (a
+    monitoring script's ``columns=name,messages``), else None."""
+    columns = selection.columns
+    if selection.rendered or not columns or not set(columns) <= how.shown_as_keys:
+        return None
+    keys = [(column, how.keys[column]) for column in columns]
+    return [{column: key(one) for column, key in keys} for one in selection.items]
+
+
 def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Any:
     """A list endpoint's answer: a list, or with ``page`` RabbitMQ's paged object."""
     selection = select(objects, how, query)
-    shown = (selection.items if selection.rendered
-             else [how.render(one) for one in selection.items])
+    shown = columns_only(selection, how)
+    if shown is None:
+        shown = (selection.items if selection.rendered
+                 else [how.render(one) for one in selection.items])
     return answer(selection, shown)
