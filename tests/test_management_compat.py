@@ -229,6 +229,13 @@ WRITES: list[tuple[str, str, Any, int, Any]] = [
      "Access refused."),
     ("POST", "/api/exchanges/{v}/x1/publish", {"properties": {"delivery_mode": 2},
      "routing_key": "a.b", "payload": "hi", "payload_encoding": "string"}, 200, None),
+    ("PUT", "/api/queues/{v}/full", {"arguments": {"x-max-length": 1,
+                                                   "x-overflow": "reject-publish"}}, 201, None),
+    ("POST", "/api/exchanges/{v}/amq.default/publish", {"properties": {}, "routing_key":
+     "full", "payload": "1", "payload_encoding": "string"}, 200, None),
+    ("POST", "/api/exchanges/{v}/amq.default/publish", {"properties": {}, "routing_key":
+     "full", "payload": "2", "payload_encoding": "string"}, 400,
+     "rejected Unable to publish message. Check queue limits."),
     ("DELETE", "/api/exchanges/{v}/x1?if-unused=true", None, 400,
      "exchange 'x1' in vhost '{vhost}' in use"),
     ("DELETE", "/api/queues/{v}/q1?if-empty=true", None, 400,

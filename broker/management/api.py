@@ -87,17 +87,20 @@ async def listed(request: web.Request, objects: Iterable[Any], how: Listing
     except BadQuery as error:
         raise bad_request(str(error)) from error
     shown = columns_only(selection, how)
-    if shown is None:
+    if shown is not None:
+        data = answer(selection, shown, columns_done=True)
+    else:
         shown = selection.items if selection.rendered else await _render(selection.items, how)
-    data = answer(selection, shown)
+        data = answer(selection, shown)
     if not isinstance(data, list) or len(data) <= CHUNK:
         return reply(data)
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     try:
         for start in range(0, len(data), CHUNK):
-            text = ",".join(dumps(item) for item in data[start:start + CHUNK])
+            text = dumps(data[start:start + CHUNK])[1:-1]  # the items, without [ ]
             await response.write(("[" if not start else ",").encode() + text.encode())
+            await asyncio.sleep(0)
         await response.write(b"]")
         await response.write_eof()
     except ConnectionResetError:  # the client went away: nothing to answer

@@ -117,17 +117,16 @@ def require_keys(data: dict[str, Any], *keys: str) -> None:
 def flag(data: dict[str, Any], key: str, default: bool = False) -> bool:
     """A boolean field: JSON true/false or the strings "true"/"false", as RabbitMQ takes."""
     value = data.get(key, default)
-    if value in (True, "true"):
+    if value is True or value == "true":
         return True
-    if value in (False, "false"):
+    if value is False or value == "false":
         return False
     raise bad_request(["not_boolean", value])
 
 
 def table(data: dict[str, Any], key: str = "arguments") -> dict[str, Any]:
+    """A JSON object field; missing, null or ``[]`` (as RabbitMQ's UI sends none) is {}."""
     value = data.get(key) or {}
-    if isinstance(value, list) and not value:  # RabbitMQ's own UI sends [] for none
-        return {}
     if not isinstance(value, dict):
         raise bad_request(f"{key} must be a JSON object")
     return value

@@ -161,9 +161,11 @@ def select(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Se
         "page_count": page_count, "page_size": size, "total_count": total})
 
 
-def answer(selection: Selection, shown: list[dict[str, Any]]) -> Any:
-    """The JSON answer for a selection whose items are rendered as ``shown``."""
-    if selection.columns:
+def answer(selection: Selection, shown: list[dict[str, Any]], columns_done: bool = False
+           ) -> Any:
+    """The JSON answer for a selection whose items are rendered as ``shown`` (with only
+    the ``columns=`` asked for already when ``columns_done``)."""
+    if selection.columns and not columns_done:
         shown = [select_columns(item, selection.columns) for item in shown]
     if selection.page is None:
         return shown
@@ -184,7 +186,8 @@ def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> A
     """A list endpoint's answer: a list, or with ``page`` RabbitMQ's paged object."""
     selection = select(objects, how, query)
     shown = columns_only(selection, how)
-    if shown is None:
-        shown = (selection.items if selection.rendered
-                 else [how.render(one) for one in selection.items])
+    if shown is not None:
+        return answer(selection, shown, columns_done=True)
+    shown = (selection.items if selection.rendered
+             else [how.render(one) for one in selection.items])
     return answer(selection, shown)
