@@ -4,7 +4,9 @@ Starts ``python -m leveret serve`` with the management API on a free port, decla
 transient queues over AMQP (pika; every queue gets ``n % 7`` messages, so sorting by
 ``messages`` has work to do), then times each request REPEATS times, from sending it until
 the whole body is read (the client parses nothing). Prints one line per request: median,
-min, max (ms) and the body size, then the broker's RSS.
+min, max (ms), the body size, and the slowest AMQP round trip (a passive queue.declare,
+looped on another connection meanwhile: how long the broker stopped serving AMQP), then the
+broker's RSS.
 
     .venv/bin/python benchmarks/management_list.py [--queues 50000] [--repeats 5]
 """
@@ -18,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -74,6 +77,30 @@ def declare(port: int, count: int) -> float:
     return time.perf_counter() - started
 
 
+class Prober(threading.Thread):
+    """Passive queue.declare round trips in a loop; keeps the slowest (ms)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+        self.channel = self.connection.channel()
+        self.slowest = 0.0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            began = time.perf_counter()
+            self.channel.queue_declare("q-0", passive=True)
+            self.slowest = max(self.slowest, 1000 * (time.perf_counter() - began))
+            time.sleep(0.005)
+
+    def finish(self) -> float:
+        self.running = False
+        self.join()
+        self.connection.close()
+        return self.slowest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queues", type=int, default=50_000)
@@ -89,16 +116,20 @@ def main() -> None:
                   f"{took:.1f} s; broker RSS {rss_mb(process.pid):.0f} MB")
             base = f"http://127.0.0.1:{http}"
             last = -(-args.queues // 100)
-            print(f"{'request':34} {'median':>9} {'min':>9} {'max':>9} {'body':>10}")
+            print(f"{'request':34} {'median':>9} {'min':>9} {'max':>9} {'body':>10} "
+                  f"{'AMQP stall':>10}")
             for label, path in REQUESTS:
                 url = base + path.format(last=last)
                 times, size = [], 0
+                prober = Prober(port)
+                prober.start()
                 for _ in range(args.repeats):
                     began = time.perf_counter()
                     size = fetch(url)
                     times.append(1000 * (time.perf_counter() - began))
+                stall = prober.finish()
                 print(f"{label:34} {statistics.median(times):8.1f}ms {min(times):8.1f}ms "
-                      f"{max(times):8.1f}ms {size / 1024:8.0f}KB")
+                      f"{max(times):8.1f}ms {size / 1024:8.0f}KB {stall:8.1f}ms")
             print(f"broker RSS after the requests: {rss_mb(process.pid):.0f} MB")
         finally:
             stop(process)
