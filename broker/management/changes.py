@@ -117,17 +117,16 @@ def require_keys(data: dict[str, Any], *keys: str) -> None:
 def flag(data: dict[str, Any], key: str, default: bool = False) -> bool:
     """A boolean field: JSON true/false or the strings "true"/"false", as RabbitMQ takes."""
     value = data.get(key, default)
-    if value in (True, "true"):
+    if value is True or value == "true":
         return True
-    if value in (False, "false"):
+    if value is False or value == "false":
         return False
     raise bad_request(["not_boolean", value])
 
 
 def table(data: dict[str, Any], key: str = "arguments") -> dict[str, Any]:
+    """A JSON object field; missing, null or ``[]`` (as RabbitMQ's UI sends none) is {}."""
     value = data.get(key) or {}
-    if isinstance(value, list) and not value:  # RabbitMQ's own UI sends [] for none
-        return {}
     if not isinstance(value, dict):
         raise bad_request(f"{key} must be a JSON object")
     return value
@@ -409,9 +408,9 @@ async def purge_queue(request: web.Request) -> web.Response:
 
 # -- bindings -------------------------------------------------------------------------------------
 def _binding_ends(request: web.Request, kind: str) -> tuple[VirtualHost, Any, Any]:
-    """(vhost, source, destination) of a binding path, with RabbitMQ's checks in order:
+    """(vhost, source, destination) of a new binding, with RabbitMQ's checks in order:
     permissions (write on the destination, read on the source), then existence."""
-    vhost = writable_vhost(request) if request.method == "POST" else existing_vhost(request)
+    vhost = writable_vhost(request)
     source_name = request.match_info["source"]
     source_name = "" if source_name == "amq.default" else source_name
     dest_name = request.match_info["destination"]
@@ -439,7 +438,8 @@ async def _bind(request: web.Request, kind: str) -> web.Response:
     except errors.AMQPError as problem:
         raise refused(problem) from None
     await durable(broker, mark)
-    # RabbitMQ answers with a Location relative to the bindings URL: "<dest>/<props>"
+    # RabbitMQ answers with a Location relative to the bindings URL: "<dest>/<props>",
+    # the properties key quoted once more (a.# is a.%23 in lists, a.%2523 here)
     location = f"{quote(dest.name, safe='')}/{quote(views.properties_key(key, arguments), safe='')}"
     return web.Response(status=201, headers={"Location": location})
 
@@ -456,14 +456,22 @@ async def bind_exchange(request: web.Request) -> web.Response:
 
 @routes.delete("/api/bindings/{vhost}/e/{source}/{kind:[qe]}/{destination}/{props}")
 async def unbind(request: web.Request) -> web.Response:
+    """Remove the binding the properties key names: 404 unless it exists, then the
+    permissions an AMQP unbind needs."""
     kind = "queue" if request.match_info["kind"] == "q" else "exchange"
-    vhost, source, dest = _binding_ends(request, kind)
+    vhost = existing_vhost(request)
+    source_name = request.match_info["source"]
+    source = vhost.exchanges.get("" if source_name == "amq.default" else source_name)
+    dest_name = request.match_info["destination"]
+    dest = (vhost.queues if kind == "queue" else vhost.exchanges).get(dest_name)
     wanted = request.match_info["props"]
-    for (bound, key, _frozen), arguments in list(source.table.bindings.items()):
+    for (bound, key, _frozen), arguments in list(source.table.bindings.items()
+                                                 if source is not None else ()):
         if bound is dest and views.properties_key(key, arguments) == wanted:
             broker = broker_of(request)
             mark = store_mark(broker)
             try:
+                authorizer(request, vhost).check_binding(source.name, kind, dest_name)
                 vhost.unbind(source, dest, key, arguments)
             except errors.AMQPError as problem:
                 raise refused(problem) from None

@@ -188,10 +188,12 @@ async def publish_message(request: web.Request) -> web.Response:
         message = Message(fastpath.route_raw(name, routing_key),
                           content_header(len(body), properties), body)
         message.ttl = ttl
-        routed, _refused, _ticket, _queues = publish(vhost, exchange, message)
+        routed, refused, _ticket, _queues = publish(vhost, exchange, message)
     except errors.AMQPError as problem:
         raise _amqp_failure(problem) from None
     await durable(broker, mark)
+    if refused:  # a queue's x-overflow reject-publish: RabbitMQ 3.10.8's nack answer
+        raise bad_request("rejected Unable to publish message. Check queue limits.")
     return reply({"routed": routed})
 
 
