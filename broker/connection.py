@@ -185,6 +185,7 @@ class Connection(asyncio.Protocol):
             transport.abort()
             return
         self.broker.connections.add(self)
+        self.broker.statistics.connections_opened += 1
         self._timer = self.loop.call_later(self.config.handshake_timeout, self._handshake_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -192,7 +193,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.broker.connections.discard(self)
+        if self in self.broker.connections:  # (one refused at accept never was)
+            self.broker.connections.discard(self)
+            self.broker.statistics.connections_closed += 1
         if self._write_stall is not None:
             self._write_stall.cancel()
             self._write_stall = None
@@ -629,6 +632,7 @@ class Connection(asyncio.Protocol):
             method = decode_method(payload)  # its fields are checked (501) as any method's
             if method.index == _CHANNEL_OPEN:
                 self.channels[number] = Channel(self, number)
+                self.broker.statistics.channels_opened += 1
                 self.send_method(number, make(commands.Channel.OpenOk, channel_id=""))
                 return
             raise errors.ChannelErrorHard("expected 'channel.open'", *ids(method))

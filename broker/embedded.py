@@ -99,6 +99,8 @@ class EmbeddedBroker:
             self._bound = {"port": self.broker.port}
             if self.broker.tls_port is not None:
                 self._bound["tls_port"] = self.broker.tls_port
+            if self.broker.metrics_port is not None:
+                self._bound["metrics_port"] = self.broker.metrics_port
         self.starts += 1
         return self
 

@@ -107,7 +107,9 @@ class Queue:
         self.throttled: set[Channel] = set()  # channels whose publishes wait for this queue
         self.backlogged = False  # past flow_high with consumers: publishers should wait
         self.deleted = False
-        self.stats = MessageStats()  # RabbitMQ's queue message_stats (broker/stats.py)
+        # RabbitMQ's queue message_stats (broker/stats.py); read them through ``stats``
+        self.counters = MessageStats()
+        self._restored = 0  # messages restored from the store (not published since start)
         self.rates = RateWindow()
         self._dispatcher = vhost.dispatcher
         self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
@@ -130,13 +132,19 @@ class Queue:
         if self.expires:
             self._arm_expires_timer()
 
+    @property
+    def stats(self) -> MessageStats:
+        """This queue's message counters; ``publish`` is what its sequence numbers count."""
+        counters = self.counters
+        counters.publish = self._next_seq - self._restored
+        return counters
+
     # -- messages in ----------------------------------------------------------------------
     def enqueue(self, message: Message, msg_id: int | None = None) -> bool:
         """Add a published message (``msg_id``: its stored copy for this queue, if any);
         False when the queue refuses it (reject-publish)."""
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.stats.publish += 1
         entry = Entry(seq, message, False, msg_id)
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
@@ -368,7 +376,7 @@ class Queue:
             triples[2::3] = sizes
             self.ready_bytes += sum(sizes)
             self.ready.restore_spilled(triples)
-        self._next_seq = len(ids)
+        self._next_seq = self._restored = len(ids)
         self._arm_next_expiry()
 
     def _load_spilled(self, pairs: list[tuple[int, int]]) -> list[Entry]:

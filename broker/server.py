@@ -82,6 +82,7 @@ class Broker:
         self.alarms: set[str] = set()
         self.port = self.config.port
         self.management: HttpListener | None = None  # the management API and dashboard
+        self.metrics: HttpListener | None = None  # Prometheus metrics
 
     async def start(self) -> None:
         """Open the data directory, recover durable state, and start listening."""
@@ -127,18 +128,29 @@ class Broker:
             log.info("listening on amqps://%s:%d", _url_host(config.host), self.tls_port)
 
     async def _start_http(self) -> None:
-        """The management API (and dashboard) listener, when configured."""
+        """The management API (and dashboard) and the metrics listeners, when configured."""
         config = self.config
         if config.management_port is not None:
             from leveret.broker.management.server import HttpListener, application
 
             self.management = HttpListener(application(self), "management API")
             await self.management.start(config.host, config.management_port)
+        if config.metrics_port is not None:
+            from leveret.broker.management import metrics
+            from leveret.broker.management.server import HttpListener
+
+            self.metrics = HttpListener(metrics.application(self), "Prometheus metrics")
+            await self.metrics.start(config.host, config.metrics_port)
 
     @property
     def management_port(self) -> int | None:
         """Where the management API listens (None: it does not)."""
         return self.management.port if self.management is not None else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where the Prometheus metrics are served (None: they are not)."""
+        return self.metrics.port if self.metrics is not None else None
 
     def _restore(self, recovered: Recovered) -> None:
         saved = recovered.definitions.vhosts
@@ -257,8 +269,9 @@ class Broker:
         if self._alarm_timer is not None:
             self._alarm_timer.cancel()
         self.statistics.stop()
-        if self.management is not None:
-            await self.management.stop()
+        for listener in (self.management, self.metrics):
+            if listener is not None:
+                await listener.stop()
         for connection in list(self.connections):
             connection.close(c.CONNECTION_FORCED, SHUTDOWN_TEXT, 0, 0)
         deadline = self.loop.time() + self.config.close_timeout

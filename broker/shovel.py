@@ -182,8 +182,11 @@ class Shovel:
             await asyncio.wait([watchers[-1], src_closed, dest_closed],
                                return_when=asyncio.FIRST_COMPLETED)
             check_connections()
-            declared = await src_channel.queue_declare(self.src_queue, passive=True)
-            self.summary.left = declared.message_count
+            try:
+                declared = await src_channel.queue_declare(self.src_queue, passive=True)
+                self.summary.left = declared.message_count
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                self.summary.left = 0  # an auto-delete queue went with the shovel's consumer
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             await asyncio.sleep(0)  # let the closing futures settle
             check_connections()

@@ -127,9 +127,13 @@ class Statistics:
         self.history: deque[tuple[float, dict[str, int]]] = deque(maxlen=HISTORY_SECONDS)
         self.windows: dict[object, RateWindow] = {}  # vhost name / None (all) -> rates
         self._timer: asyncio.TimerHandle | None = None
+        # since start: connections accepted and gone, channels opened and released
+        self.connections_opened = self.connections_closed = 0
+        self.channels_opened = self.channels_closed = 0
 
     def retire(self, channel: Channel) -> None:
         """A channel closes: keep its counts in its vhost's totals."""
+        self.channels_closed += 1
         if channel.vhost is None:
             return
         retired = self.retired.get(channel.vhost.name)

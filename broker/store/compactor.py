@@ -79,6 +79,7 @@ class Compactor:
         self._resume_at = 0.0  # after a failed job, the next waits a while
         self.merges = 0
         self.deleted_files = 0
+        self.reclaimed_bytes = 0  # segment bytes freed by deletes and merges
         self.lost_records = 0
 
     def close(self) -> None:
@@ -140,6 +141,7 @@ class Compactor:
     # -- deleting dead files at the front ---------------------------------------------------
     def _delete(self, numbers: list[int]) -> None:
         store = self.store
+        freed = sum(store.index.files[number].size for number in numbers)
         for number in numbers:
             store.forget_file(number)
         directory = store.segment_dir
@@ -151,6 +153,7 @@ class Compactor:
 
         def then(_result: object) -> None:
             self.deleted_files += len(numbers)
+            self.reclaimed_bytes += freed
             log.debug("deleted settled segment(s) %s", numbers)
 
         self._run(work, then)
@@ -219,6 +222,7 @@ class Compactor:
             if segment != plan.target:
                 index.home[segment] = plan.target
         self.merges += 1
+        self.reclaimed_bytes += max(sum(old.size for old in olds) - size, 0)
         self.lost_records += lost
         if lost:
             log.error("compaction found %d damaged record(s); those messages are lost", lost)
