@@ -372,6 +372,12 @@ def test_publish_and_delete_from_the_queue_page(dash: Dashboard, amqp: Any,
     dash.confirm()
     dash.wait("the queues page", lambda: dash.js("return location.hash") == "#/queues")
     assert not queue_exists(dash_broker.url, name)
+    dash.js("location.hash = arguments[0]", f"#/queues/%2F/{name}")
+    dash.wait("that the queue is gone", lambda: "There is no queue" in (
+        dash.text("#page-error") or ""))
+    assert dash.js("return document.getElementById('purge').disabled")
+    dash.open("queues")
+    dash.severe()  # the 404s of the queue's page
 
 
 def test_close_a_connection(dash: Dashboard, dash_broker: EmbeddedBroker, http: Api) -> None:

@@ -238,7 +238,8 @@
     const page = factory(root, ...params);
     page.showError = (error) => {
       notice.hidden = !error;
-      notice.textContent = error ? error.message : "";
+      notice.textContent = !error ? ""
+        : error.status === 404 && page.missing ? page.missing : error.message;
       if (error && page.onError) page.onError(error);
     };
     app.page = page;
@@ -778,6 +779,7 @@
       bindings.render(bound);
     }
     return {nav: "queues", title: `Queue ${name}`, refresh, leave: () => depth.chart.destroy(),
+      missing: `There is no queue "${name}" in virtual host "${vhost}" (any more).`,
       onError: (error) => { if (error.status === 404) purge.disabled = remove.disabled = true; }};
   }
 
@@ -862,7 +864,8 @@
       outgoing.render(from);
       incoming.render(to);
     }
-    return {nav: "exchanges", title: `Exchange ${exchangeLabel(name)}`, refresh};
+    return {nav: "exchanges", title: `Exchange ${exchangeLabel(name)}`, refresh,
+      missing: `There is no exchange "${name}" in virtual host "${vhost}" (any more).`};
   }
 
   function connectionsPage(root) {
