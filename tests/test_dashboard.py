@@ -2,8 +2,9 @@
 an embedded broker whose queues are made over AMQP (pika).
 
 Skipped, with the reason, when selenium, chromium or chromedriver is missing (``.ci/run``
-installs the Debian packages). Every test fails on a SEVERE entry in the browser's console:
-a JavaScript error or a request the broker refused.
+installs the Debian packages; ``LEVERET_CHROMIUM`` and ``LEVERET_CHROMEDRIVER`` name others).
+Every test fails on a SEVERE entry in the browser's console: a JavaScript error or a request
+the broker refused.
 """
 
 from __future__ import annotations
@@ -324,6 +325,19 @@ def test_the_overview_charts_grow_while_messages_flow(dash: Dashboard,
     finally:
         stop.set()
         publisher.join(5)
+
+
+def test_an_alarm_shows_on_the_overview(dash: Dashboard, dash_broker: EmbeddedBroker) -> None:
+    dash.open("")
+    assert dash.text("#alarms") == "No alarms"
+    broker = dash_broker.broker
+    dash_broker.call(broker._set_alarm, "low on memory (test)", True, "a test")
+    try:
+        dash.wait("the alarm", lambda: "low on memory (test)" in (dash.text("#alarms") or ""))
+        assert "bad" in dash.js("return document.getElementById('alarms').className")
+    finally:
+        dash_broker.call(broker._set_alarm, "low on memory (test)", False, "a test")
+    dash.wait("no alarm again", lambda: dash.text("#alarms") == "No alarms")
 
 
 def test_purge_from_the_queue_page(dash: Dashboard, amqp: Any) -> None:
