@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,8 +20,10 @@ from leveret.broker.management.auth import Viewer
 from leveret.broker.management.listing import (
     BadQuery,
     Listing,
+    Selection,
     answer,
     columns_only,
+    dotted,
     select,
     sorts_by_rendering,
 )
@@ -75,31 +77,52 @@ def vhost_of(request: web.Request) -> VirtualHost:
 
 async def listed(request: web.Request, objects: Iterable[Any], how: Listing
                  ) -> web.StreamResponse:
-    """A list endpoint's answer. Long lists are rendered and written in chunks, the event
-    loop serving AMQP clients in between (50,000 queues take seconds)."""
+    """A list endpoint's answer. A long list is rendered and written in chunks, the event
+    loop serving AMQP clients in between, and no chunk's JSON objects outlive it (50,000
+    queues' worth at once would make the garbage collector's passes long)."""
     query = request.query
     objects = list(objects)
     try:
-        if len(objects) > CHUNK and sorts_by_rendering(how, query):
-            rendered = await _render(objects, how)  # then sorting renders nothing
-            cache = {id(one): item for one, item in zip(objects, rendered, strict=True)}
-            how = dataclasses.replace(how, render=lambda one: cache[id(one)])
+        if sorts_by_rendering(how, query):  # a rate, say: render each once for its value
+            how = await _with_rendered_key(objects, how, query["sort"])
         selection = select(objects, how, query)
     except BadQuery as error:
         raise bad_request(str(error)) from error
     shown = columns_only(selection, how)
     if shown is not None:
-        data = answer(selection, shown, columns_done=True)
-    else:
-        shown = selection.items if selection.rendered else await _render(selection.items, how)
-        data = answer(selection, shown)
-    if not isinstance(data, list) or len(data) <= CHUNK:
-        return reply(data)
+        return await _answer(request, selection, shown, lambda chunk: chunk, columns_done=True)
+    if selection.rendered:
+        return await _answer(request, selection, selection.items, lambda chunk: chunk)
+    return await _answer(request, selection, selection.items,
+                         lambda chunk: [how.render(one) for one in chunk])
+
+
+CHUNK = 250  # items rendered (or written) between two turns of the event loop (~20 ms)
+
+
+async def _with_rendered_key(objects: list[Any], how: Listing, sort: str) -> Listing:
+    """``how`` with ``sort`` as a key, its values taken from renders made in chunks."""
+    values: dict[int, Any] = {}
+    for start in range(0, len(objects), CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        for one in objects[start:start + CHUNK]:
+            values[id(one)] = dotted(how.render(one), sort)
+    return dataclasses.replace(how, keys={**how.keys, sort: lambda one: values[id(one)]})
+
+
+async def _answer(request: web.Request, selection: Selection, items: list[Any],
+                  render: Callable[[list[Any]], list[dict[str, Any]]],
+                  columns_done: bool = False) -> web.StreamResponse:
+    """A paged answer or a short list at once; a long list streamed a chunk at a time."""
+    if selection.page is not None or len(items) <= CHUNK:
+        return reply(answer(selection, render(items), columns_done))
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     try:
-        for start in range(0, len(data), CHUNK):
-            text = dumps(data[start:start + CHUNK])[1:-1]  # the items, without [ ]
+        for start in range(0, len(items), CHUNK):
+            shown = answer(selection, render(items[start:start + CHUNK]), columns_done)
+            text = dumps(shown)[1:-1]  # the items, without [ ]
             await response.write(("[" if not start else ",").encode() + text.encode())
             await asyncio.sleep(0)
         await response.write(b"]")
@@ -107,18 +130,6 @@ async def listed(request: web.Request, objects: Iterable[Any], how: Listing
     except ConnectionResetError:  # the client went away: nothing to answer
         pass
     return response
-
-
-CHUNK = 250  # items rendered (or written) between two turns of the event loop (~20 ms)
-
-
-async def _render(objects: list[Any], how: Listing) -> list[dict[str, Any]]:
-    rendered: list[dict[str, Any]] = []
-    for start in range(0, len(objects), CHUNK):
-        if start:
-            await asyncio.sleep(0)
-        rendered += [how.render(one) for one in objects[start:start + CHUNK]]
-    return rendered
 
 
 # -- how each kind is listed ----------------------------------------------------------------------

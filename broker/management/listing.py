@@ -33,7 +33,7 @@ class Listing:
     shown_as_keys: frozenset[str] = frozenset()
 
 
-def _dotted(item: Mapping[str, Any], path: str) -> Any:
+def dotted(item: Mapping[str, Any], path: str) -> Any:
     value: Any = item
     for part in path.split("."):
         if not isinstance(value, Mapping):
@@ -65,7 +65,7 @@ def select_columns(item: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column in columns:
         parts = column.split(".")
-        value = _dotted(item, column)
+        value = dotted(item, column)
         if value is None and not _has(item, parts):
             continue
         target = out
@@ -145,7 +145,7 @@ def select(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Se
         _sort(items, how.keys[sort], reverse)
     else:
         items = [how.render(one) for one in items]
-        items.sort(key=lambda item: _sortable(_dotted(item, sort)), reverse=reverse)
+        items.sort(key=lambda item: _sortable(dotted(item, sort)), reverse=reverse)
         rendered = True
     columns = [c for c in (query.get("columns") or "").split(",") if c]
     if not paged:
