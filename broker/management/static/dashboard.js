@@ -884,6 +884,12 @@
       const p = c.client_properties || {};
       return [p.product || "–", p.version ? h("span", {class: "muted"}, ` ${p.version}`) : null];
     };
+    // bytes a second when the broker tells the rate, else the total so far
+    const traffic = (c, key) => {
+      const rate = pick(c, `${key}_details.rate`);
+      if (rate !== undefined) return `${bytes(rate)}/s`;
+      return c[key] === undefined ? "–" : h("span", {title: "in total"}, bytes(c[key]));
+    };
     const columns = [
       {id: "name", label: "Name", sort: "name", cell: (c) => h("span", {class: "mono"}, c.name)},
       {id: "user", label: "User", sort: "user", cell: (c) => c.user},
@@ -892,10 +898,8 @@
       {id: "protocol", label: "Protocol", cell: (c) => [c.protocol, c.ssl ? h("span", {class: "badge ok"}, "TLS") : null]},
       {id: "state", label: "State", cell: (c) => h("span", {class: c.state === "running" ? "badge ok" : "badge bad"}, c.state || "–")},
       {id: "channels", label: "Channels", sort: "channels", num: true, cell: (c) => count(c.channels)},
-      {id: "recv", label: "From client", sort: "recv_oct_details.rate", num: true,
-        cell: (c) => `${bytes(pick(c, "recv_oct_details.rate") || 0)}/s`},
-      {id: "send", label: "To client", sort: "send_oct_details.rate", num: true,
-        cell: (c) => `${bytes(pick(c, "send_oct_details.rate") || 0)}/s`},
+      {id: "recv", label: "From client", sort: "recv_oct", num: true, cell: (c) => traffic(c, "recv_oct")},
+      {id: "send", label: "To client", sort: "send_oct", num: true, cell: (c) => traffic(c, "send_oct")},
       {id: "actions", label: "", cell: (c) => h("button", {class: "ghost small close", onclick: () => close(c)}, "Close")},
     ];
     const list = pagedList("/connections", columns, {key: (c) => c.name, noun: "connections",
