@@ -226,6 +226,27 @@ class Queue:
             self._discard([entry], "expired")
         return None
 
+    def peek(self, count: int) -> list[tuple[Message, bool]]:
+        """The first ``count`` ready messages with their redelivered flags, in delivery
+        order, left where they are: nothing is taken, flagged or counted. Messages that
+        live on disk only are read back from the store; one that cannot be read, or has
+        expired, is left out (the queue deals with it when it reaches the head)."""
+        found = self.ready.peek(count)
+        ids = [item for item in found if isinstance(item, int)]
+        store = self.vhost.store
+        read = iter(store.read_many(ids)) if ids and store is not None else iter(())
+        now = self._loop.time()
+        out: list[tuple[Message, bool]] = []
+        for item in found:
+            if isinstance(item, int):
+                record = next(read)
+                if not isinstance(record, Exception):  # spilled entries are never redelivered
+                    out.append((stored_message(record.route_raw, record.header, record.body),
+                                False))
+            elif item.expires_at is None or item.expires_at > now:
+                out.append((item.message, item.redelivered))
+        return out
+
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Return entries to their original positions, flagged redelivered.
 
