@@ -22,7 +22,7 @@ from leveret.broker.management.listing import (
     Listing,
     Selection,
     answer,
-    columns_only,
+    column_reader,
     dotted,
     select,
     sorts_by_rendering,
@@ -88,9 +88,9 @@ async def listed(request: web.Request, objects: Iterable[Any], how: Listing
         selection = select(objects, how, query)
     except BadQuery as error:
         raise bad_request(str(error)) from error
-    shown = columns_only(selection, how)
-    if shown is not None:
-        return await _answer(request, selection, shown, lambda chunk: chunk, columns_done=True)
+    read = column_reader(selection, how)
+    if read is not None:
+        return await _answer(request, selection, selection.items, read, columns_done=True)
     if selection.rendered:
         return await _answer(request, selection, selection.items, lambda chunk: chunk)
     return await _answer(request, selection, selection.items,

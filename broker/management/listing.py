@@ -172,22 +172,23 @@ def answer(selection: Selection, shown: list[dict[str, Any]], columns_done: bool
     return {**selection.page, "items": shown}
 
 
-def columns_only(selection: Selection, how: Listing) -> list[dict[str, Any]] | None:
-    """The items when ``columns=`` asks only for fields readable off the objects (a
-    monitoring script's ``columns=name,messages``), else None."""
+def column_reader(selection: Selection, how: Listing
+                  ) -> Callable[[list[Any]], list[dict[str, Any]]] | None:
+    """When ``columns=`` asks only for fields readable off the objects (a monitoring
+    script's ``columns=name,messages``): what turns objects into those items, else None."""
     columns = selection.columns
     if selection.rendered or not columns or not set(columns) <= how.shown_as_keys:
         return None
     keys = [(column, how.keys[column]) for column in columns]
-    return [{column: key(one) for column, key in keys} for one in selection.items]
+    return lambda items: [{column: key(one) for column, key in keys} for one in items]
 
 
 def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Any:
     """A list endpoint's answer: a list, or with ``page`` RabbitMQ's paged object."""
     selection = select(objects, how, query)
-    shown = columns_only(selection, how)
-    if shown is not None:
-        return answer(selection, shown, columns_done=True)
+    read = column_reader(selection, how)
+    if read is not None:
+        return answer(selection, read(selection.items), columns_done=True)
     shown = (selection.items if selection.rendered
              else [how.render(one) for one in selection.items])
     return answer(selection, shown)
