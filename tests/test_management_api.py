@@ -851,3 +851,22 @@ def test_properties_keys_are_escaped_as_rabbitmq_does() -> None:
                         ("a.#", "a.%23"), ("a/b", "a%2Fb"), ("~", "%7E"), ("é", "%C3%A9")]
     assert [(key, properties_key(key, {})) for key, _ in seen_at_rabbitmq] == seen_at_rabbitmq
     assert properties_key("a b", {"x": 1}).startswith("a+b~")
+
+
+def test_quorum_export_and_listeners_and_connection_rates() -> None:
+    """Leveret's ?quorum=true export; the Prometheus listener in the overview; byte rates."""
+    with EmbeddedBroker(port=0, management_port=0, metrics_port=0) as broker:
+        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        channel = connection.channel()
+        channel.queue_declare("plain", durable=True)
+        channel.queue_declare("ranked", durable=True, arguments={"x-max-priority": 5})
+        api = api_of(broker)
+        exported = api.get("/api/definitions?quorum=true").json
+        types = {q["name"]: q["arguments"].get("x-queue-type") for q in exported["queues"]}
+        assert types == {"plain": "quorum", "ranked": None}
+        listeners = api.get("/api/overview").json["listeners"]
+        assert {"protocol": "http/prometheus", "port": broker.broker.metrics_port}.items() <= \
+            next(item for item in listeners if item["protocol"] == "http/prometheus").items()
+        listed = api.get("/api/connections").json[0]
+        assert "rate" in listed["recv_oct_details"] and "rate" in listed["send_oct_details"]
+        connection.close()

@@ -501,7 +501,9 @@ async def binding(request: web.Request) -> web.Response:
 @routes.get("/api/definitions")
 async def definitions(request: web.Request) -> web.Response:
     viewer_of(request).require_admin()
-    return reply(broker_of(request).admin.export_definitions())
+    # ?quorum=true (Leveret's): classic durable queues as quorum queues, for a cluster
+    quorum = request.query.get("quorum") == "true"
+    return reply(broker_of(request).admin.export_definitions(quorum=quorum))
 
 
 @routes.get("/api/definitions/{vhost}")

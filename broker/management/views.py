@@ -224,6 +224,7 @@ def connection_json(connection: Connection) -> dict[str, Any]:
     vhost = connection.vhost
     ssl_object = (connection.transport.get_extra_info("ssl_object")
                   if connection.tls and connection.transport is not None else None)
+    recv_rate, send_rate = connection.rates.rates((connection.recv_oct, connection.send_oct))
     return {
         "name": connection_name(connection),
         "node": NODE,
@@ -247,8 +248,10 @@ def connection_json(connection: Connection) -> dict[str, Any]:
         "connected_at": int(connection.connected_at * 1000),
         "client_properties": json_safe(connection.client_properties),
         "recv_oct": connection.recv_oct,
+        "recv_oct_details": rate(recv_rate),
         "recv_cnt": connection.recv_cnt,
         "send_oct": connection.send_oct,
+        "send_oct_details": rate(send_rate),
         "send_cnt": connection.send_cnt,
         "send_pend": (connection.transport.get_write_buffer_size()
                       if connection.transport is not None else 0),
@@ -395,6 +398,9 @@ def listeners(broker: Broker) -> list[dict[str, Any]]:
     if management is not None and management.port is not None:
         out.append({"node": NODE, "protocol": "http", "ip_address": config.host,
                     "port": management.port})
+    if broker.metrics_port is not None:  # RabbitMQ's name for its Prometheus listener
+        out.append({"node": NODE, "protocol": "http/prometheus", "ip_address": config.host,
+                    "port": broker.metrics_port})
     return out
 
 
