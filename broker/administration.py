@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FULL_ACCESS = (".*", ".*", ".*")
 VHOST_DELETED = "CONNECTION_FORCED - vhost '{}' is deleted"
+NO_EQUIVALENT = "Leveret has no equivalent"  # ends the problems that are only skipped parts
 # Classic queue arguments RabbitMQ 3.10.8's quorum queues refuse (406 invalid arg; checked
 # against it), for the export with ``quorum``.
 QUORUM_INCOMPATIBLE = {
@@ -304,7 +305,7 @@ class Administration:
         for key in ("policies", "global_parameters", "topic_permissions"):
             if data.get(key):
                 problems.append(f"{len(data[key])} {key.replace('_', ' ')} not imported: "
-                                "Leveret has no equivalent")
+                                + NO_EQUIVALENT)
         return problems
 
     def _import_one(self, kind: str, item: dict[str, Any], make: Any) -> list[str]:

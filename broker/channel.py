@@ -81,7 +81,8 @@ class Channel:
         self.connection = connection
         self.number = number
         self.vhost = connection.vhost
-        self.stats = MessageStats()  # RabbitMQ's channel message_stats (broker/stats.py)
+        # RabbitMQ's channel message_stats (broker/stats.py); read them through ``stats``
+        self.counters = MessageStats()
         self.rates = RateWindow()
         self.opened_at = time.time()
         self.closing = False  # we sent channel.close and wait for close-ok
@@ -132,6 +133,15 @@ class Channel:
         self._access_generation = self._access.generation
         # headers accepted with nothing to note, with their (flags, persistent)
         self._plain_headers: dict[bytes, tuple[int, bool]] = {}
+
+    @property
+    def stats(self) -> MessageStats:
+        """This channel's message counters; manual-ack deliveries are what its delivery
+        tags count beyond the other kinds (nothing extra to count per delivery)."""
+        counters = self.counters
+        counters.deliver = (self.next_delivery_tag - 1 - counters.deliver_no_ack
+                            - counters.get - counters.get_no_ack)
+        return counters
 
     # -- frames ----------------------------------------------------------------------------
     def handle_frame(self, frame_type: int, payload: bytes) -> None:
@@ -367,7 +377,7 @@ class Channel:
                    ticket: int, queues: list[Queue]) -> None:
         """After a publish went its way: throttle on backlogged queues, return it if it was
         mandatory and unroutable, confirm it once everything it caused is durable."""
-        stats = self.stats
+        stats = self.counters
         stats.publish += 1
         for queue in queues:
             if queue.backlogged:  # flow control: hold this channel's next publishes
@@ -438,7 +448,7 @@ class Channel:
         seq = self._pending[0][0] - 1 if self._pending else self.publish_seq
         done = self.confirmed_seq
         if seq > done:
-            self.stats.confirm += seq - done
+            self.counters.confirm += seq - done
             nacks = sorted(n for n in self._confirm_nacks if n <= seq)
             if nacks:
                 self._confirm_nacks = [n for n in self._confirm_nacks if n > seq]
@@ -456,7 +466,7 @@ class Channel:
             for one in ahead:
                 if one <= self.confirmed_seq:
                     continue
-                self.stats.confirm += 1
+                self.counters.confirm += 1
                 if one in self._confirm_nacks:
                     self._confirm_nacks.remove(one)
                     out.append(method_frame(number, fastpath.nack_method(one, False)))
@@ -478,16 +488,14 @@ class Channel:
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         queue = consumer.queue
-        stats, queue_stats = self.stats, queue.stats
         if entry.redelivered:
-            stats.redeliver += 1
-            queue_stats.redeliver += 1
-        if consumer.no_ack:
-            stats.deliver_no_ack += 1
-            queue_stats.deliver_no_ack += 1
+            self.counters.redeliver += 1
+            queue.counters.redeliver += 1
+        if consumer.no_ack:  # (the channel's manual-ack deliveries are counted by tag)
+            self.counters.deliver_no_ack += 1
+            queue.counters.deliver_no_ack += 1
         else:
-            stats.deliver += 1
-            queue_stats.deliver += 1
+            queue.counters.deliver += 1
             self.unacked[tag] = (entry, queue, consumer)
             consumer.unacked += 1
             queue.unacked += 1
@@ -517,7 +525,7 @@ class Channel:
         """Answer basic.get with ``entry``."""
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
-        stats, queue_stats = self.stats, queue.stats
+        stats, queue_stats = self.counters, queue.counters
         if entry.redelivered:
             stats.redeliver += 1
             queue_stats.redeliver += 1
@@ -601,7 +609,7 @@ class Channel:
         """Finish deliveries: acked (requeue None), discarded (False) or requeued (True)."""
         by_queue: dict[Queue, list[Entry]] = {}
         if requeue is None:
-            self.stats.ack += len(deliveries)
+            self.counters.ack += len(deliveries)
         for entry, queue, consumer in deliveries:
             queue.unacked -= 1
             if consumer is not None:
@@ -616,7 +624,7 @@ class Channel:
                 queue.forget(entries)
                 continue
             if requeue is None:
-                queue.stats.ack += len(entries)
+                queue.counters.ack += len(entries)
                 queue.acked(entries)
             elif requeue:
                 queue.requeue(entries)

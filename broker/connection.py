@@ -18,6 +18,7 @@ from pamqp import commands
 from leveret.broker import __version__, auth, tls
 from leveret.broker.access import Authorizer
 from leveret.broker.channel import Channel
+from leveret.broker.stats import RateWindow
 from leveret.protocol import constants as c
 from leveret.protocol import errors
 from leveret.protocol.framing import (
@@ -141,6 +142,7 @@ class Connection(asyncio.Protocol):
         self.out_bytes = 0  # message bodies gathered in self.out this iteration
         # traffic, as RabbitMQ's connection stats name it
         self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0
+        self.rates = RateWindow()  # of recv_oct and send_oct, for the management API
         self.connected_at = time.time()
         self._flush_scheduled = False
         self._confirm_channels: dict[Channel, None] = {}

@@ -41,8 +41,16 @@ class Exchange:
         self.alternate: str | None = alternate if isinstance(alternate, str) else None
         self.exchange_destinations = 0  # bindings whose destination is an exchange
         self.bound_as_destination: set[tuple[Exchange, str, Any]] = set()
-        self.stats = MessageStats()  # publish_in / publish_out (broker/stats.py)
+        # publish_in, and drop_unroutable for what went nowhere; read them through ``stats``
+        self.counters = MessageStats()
         self.rates = RateWindow()
+
+    @property
+    def stats(self) -> MessageStats:
+        """RabbitMQ's exchange message_stats: ``publish_out`` is what was routed."""
+        counters = self.counters
+        counters.publish_out = counters.publish_in - counters.drop_unroutable
+        return counters
 
     def __repr__(self) -> str:
         return f"<Exchange {self.name!r} {self.type}>"

@@ -61,10 +61,10 @@ def publish(vhost: VirtualHost, exchange: Exchange, message: Message, *,
         queues = vhost.route(exchange, selected, extra_keys, routing_key)
         routed = bool(queues)
         refused = deliver(vhost, queues, selected, moved) if routed else release(vhost, moved)
-    stats = exchange.stats
-    stats.publish_in += 1
-    if routed:
-        stats.publish_out += 1
+    counters = exchange.counters
+    counters.publish_in += 1
+    if not routed:
+        counters.drop_unroutable += 1
     ticket = store.issued if store is not None and store.issued != mark else 0
     return routed, refused, ticket, queues
 
@@ -94,9 +94,9 @@ def complete(vhost: VirtualHost, exchange: Exchange, routed: Routed) -> Outcome:
         queues = [queue for queue in routed.queues if not queue.deleted]
         delivered = bool(queues)
         refused = deliver(vhost, queues, routed.message) if delivered else False
-    exchange.stats.publish_in += 1
-    if delivered:
-        exchange.stats.publish_out += 1
+    exchange.counters.publish_in += 1
+    if not delivered:
+        exchange.counters.drop_unroutable += 1
     ticket = store.issued if store is not None and store.issued != mark else 0
     return delivered, refused, ticket, queues
 

@@ -107,7 +107,9 @@ class Queue:
         self.throttled: set[Channel] = set()  # channels whose publishes wait for this queue
         self.backlogged = False  # past flow_high with consumers: publishers should wait
         self.deleted = False
-        self.stats = MessageStats()  # RabbitMQ's queue message_stats (broker/stats.py)
+        # RabbitMQ's queue message_stats (broker/stats.py); read them through ``stats``
+        self.counters = MessageStats()
+        self._restored = 0  # messages restored from the store (not published since start)
         self.rates = RateWindow()
         self._dispatcher = vhost.dispatcher
         self._loop: asyncio.AbstractEventLoop = vhost.dispatcher.loop
@@ -130,13 +132,19 @@ class Queue:
         if self.expires:
             self._arm_expires_timer()
 
+    @property
+    def stats(self) -> MessageStats:
+        """This queue's message counters; ``publish`` is what its sequence numbers count."""
+        counters = self.counters
+        counters.publish = self._next_seq - self._restored
+        return counters
+
     # -- messages in ----------------------------------------------------------------------
     def enqueue(self, message: Message, msg_id: int | None = None) -> bool:
         """Add a published message (``msg_id``: its stored copy for this queue, if any);
         False when the queue refuses it (reject-publish)."""
         seq = self._next_seq
         self._next_seq = seq + 1
-        self.stats.publish += 1
         entry = Entry(seq, message, False, msg_id)
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
@@ -217,6 +225,27 @@ class Queue:
                 return entry
             self._discard([entry], "expired")
         return None
+
+    def peek(self, count: int) -> list[tuple[Message, bool]]:
+        """The first ``count`` ready messages with their redelivered flags, in delivery
+        order, left where they are: nothing is taken, flagged or counted. Messages that
+        live on disk only are read back from the store; one that cannot be read, or has
+        expired, is left out (the queue deals with it when it reaches the head)."""
+        found = self.ready.peek(count)
+        ids = [item for item in found if isinstance(item, int)]
+        store = self.vhost.store
+        read = iter(store.read_many(ids)) if ids and store is not None else iter(())
+        now = self._loop.time()
+        out: list[tuple[Message, bool]] = []
+        for item in found:
+            if isinstance(item, int):
+                record = next(read)
+                if not isinstance(record, Exception):  # spilled entries are never redelivered
+                    out.append((stored_message(record.route_raw, record.header, record.body),
+                                False))
+            elif item.expires_at is None or item.expires_at > now:
+                out.append((item.message, item.redelivered))
+        return out
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Return entries to their original positions, flagged redelivered.
@@ -347,7 +376,7 @@ class Queue:
             triples[2::3] = sizes
             self.ready_bytes += sum(sizes)
             self.ready.restore_spilled(triples)
-        self._next_seq = len(ids)
+        self._next_seq = self._restored = len(ids)
         self._arm_next_expiry()
 
     def _load_spilled(self, pairs: list[tuple[int, int]]) -> list[Entry]:

@@ -166,14 +166,16 @@ def test_it_survives_a_restart_of_the_destination(tmp_path: Path) -> None:
             dest.stop()
             _publish(source.url, "work", 100, declare=False)  # they wait at the source
             time.sleep(0.5)
-            assert _count(source.url, "work") == 100
+            # (plus any the destination confirmed whose ack the stop cut off: at least once)
+            assert _count(source.url, "work") >= 100
             assert source.call(lambda: source.broker.shovels.status())[0]["state"] != "running"
             dest.start()
-            _wait(lambda: _count_or_none(dest.url, "work") == 200, what="200 after restart")
+            _wait(lambda: (_count_or_none(dest.url, "work") or 0) >= 200
+                  and _count(source.url, "work") == 0, what="200 after the restart")
             taken = _take_all(dest.url, "work")
             bodies = [body for _, body in taken]
-            assert sorted(set(bodies)) == sorted({f"body {i}".encode() for i in range(100)})
-            assert len(bodies) == 200
+            assert set(bodies) == {f"body {i}".encode() for i in range(100)}
+            assert len(bodies) >= 200  # both batches, duplicates only of those cut off
 
 
 def test_a_refusing_destination_makes_it_wait_not_drop(dest: EmbeddedBroker) -> None:

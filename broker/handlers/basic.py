@@ -80,8 +80,8 @@ def get(ch: Channel, m: commands.Basic.Get) -> None:
     queue = ch.vhost.get_queue(name, ch.connection)
     entry = queue.take()
     if entry is None:
-        ch.stats.get_empty += 1
-        queue.stats.get_empty += 1
+        ch.counters.get_empty += 1
+        queue.counters.get_empty += 1
         ch.connection.send_method(ch.number, commands.Basic.GetEmpty())
         return
     ch.deliver_get(queue, entry, m.no_ack)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,11 +31,17 @@ log = logging.getLogger(__name__)
 REALM = 'Basic realm="Leveret Management"'
 
 
-def not_authorised(reason: str, challenge: bool = True) -> web.HTTPUnauthorized:
+def not_authorised(reason: str, challenge: bool = True,
+                   error: str = "not_authorised") -> web.HTTPUnauthorized:
     headers = {"WWW-Authenticate": REALM} if challenge else None
-    return web.HTTPUnauthorized(
-        text=f'{{"error":"not_authorised","reason":"{reason}"}}',
-        content_type="application/json", headers=headers)
+    return web.HTTPUnauthorized(text=json.dumps({"error": error, "reason": reason},
+                                                     separators=(",", ":")),
+                                content_type="application/json", headers=headers)
+
+
+def login_failed() -> web.HTTPUnauthorized:
+    """RabbitMQ 3.10.8 spells this one error "not_authorized" (the others "not_authorised")."""
+    return not_authorised("Login failed", error="not_authorized")
 
 
 @dataclass
@@ -79,7 +86,8 @@ class Viewer:
             raise web.HTTPNotFound(text='{"error":"Object Not Found","reason":"Not Found"}',
                                    content_type="application/json")
         if not self.sees_vhost(vhost):
-            raise not_authorised(f"User not authorised to access virtual host {vhost}",
+            # RabbitMQ 3.10.8's text names no vhost
+            raise not_authorised("User not authorised to access virtual host",
                                  challenge=False)
 
 
@@ -108,14 +116,14 @@ def middleware(broker: Broker) -> Callable[..., Awaitable[web.StreamResponse]]:
         given = credentials(request)
         peer = request.remote or ""
         if given is None:
-            raise not_authorised("Login failed")
+            raise login_failed()
         user, reason = broker.admin.access.authenticate(given[0], given[1], peer)
         if user is None:
             log.warning("HTTP login refused from %s: %s", peer, reason)
             delay = broker.failed_logins.record(peer, time.monotonic())
             if delay:
                 await asyncio.sleep(delay)
-            raise not_authorised("Login failed")
+            raise login_failed()
         if not MANAGEMENT_TAGS & set(user.tags):
             raise not_authorised("Not management user", challenge=False)
         request["viewer"] = Viewer(user, broker)

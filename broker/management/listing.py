@@ -29,9 +29,11 @@ class Listing:
     name: Callable[[Any], str]
     keys: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     default_sort: tuple[str, ...] = ()
+    # keys whose value is the rendered field itself: columns= of these renders nothing
+    shown_as_keys: frozenset[str] = frozenset()
 
 
-def _dotted(item: Mapping[str, Any], path: str) -> Any:
+def dotted(item: Mapping[str, Any], path: str) -> Any:
     value: Any = item
     for part in path.split("."):
         if not isinstance(value, Mapping):
@@ -49,12 +51,21 @@ def _sortable(value: Any) -> tuple[int, Any]:
     return (2, str(value))
 
 
+def _sort(items: list[Any], key: Callable[[Any], Any], reverse: bool) -> None:
+    """Sort by ``key``; values that do not compare with each other (None among numbers)
+    are ordered as ``_sortable`` says, which costs a tuple per item, so only then."""
+    try:
+        items.sort(key=key, reverse=reverse)
+    except TypeError:
+        items.sort(key=lambda one: _sortable(key(one)), reverse=reverse)
+
+
 def select_columns(item: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     """Keep only ``columns`` (dotted paths keep the nesting: message_stats.publish)."""
     out: dict[str, Any] = {}
     for column in columns:
         parts = column.split(".")
-        value = _dotted(item, column)
+        value = dotted(item, column)
         if value is None and not _has(item, parts):
             continue
         target = out
@@ -86,8 +97,26 @@ def _int_param(query: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Any:
-    """A list endpoint's answer: a list, or with ``page`` RabbitMQ's paged object."""
+@dataclass
+class Selection:
+    """What a list endpoint shows, before rendering: ``items`` are objects (or, when
+    ``rendered``, their JSON already); ``page`` holds the paged answer's counts."""
+
+    items: list[Any]
+    rendered: bool
+    columns: list[str]
+    page: dict[str, int] | None
+
+
+def sorts_by_rendering(how: Listing, query: Mapping[str, str]) -> bool:
+    """Whether sorting needs every item rendered (a key not readable off the object)."""
+    sort = query.get("sort") or ""
+    return bool(sort) and sort not in how.keys
+
+
+def select(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Selection:
+    """Filter (``name``, ``use_regex``), sort (``sort``, ``sort_reverse``) and page
+    (``page``, ``page_size``) as RabbitMQ does."""
     items = list(objects)
     total = len(items)
     wanted = query.get("name")
@@ -106,34 +135,60 @@ def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> A
     paged = "page" in query
     page = _int_param(query, "page", 1)
     size = min(_int_param(query, "page_size", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
-    rendered: list[dict[str, Any]] | None = None
+    rendered = False
     if not sort:
-        keys = [how.keys[k] for k in how.default_sort if k in how.keys]
-        if keys:
-            items.sort(key=lambda one: tuple(key(one) for key in keys), reverse=reverse)
+        # by the last key, then (stable) by each one before it: no tuple per item
+        for name in reversed(how.default_sort):
+            if name in how.keys:
+                _sort(items, how.keys[name], reverse)
     elif sort in how.keys:
-        key = how.keys[sort]
-        items.sort(key=lambda one: _sortable(key(one)), reverse=reverse)
+        _sort(items, how.keys[sort], reverse)
     else:
-        rendered = [how.render(one) for one in items]
-        rendered.sort(key=lambda item: _sortable(_dotted(item, sort)), reverse=reverse)
-    filtered = len(items)
-    if paged:
-        page_count = max(1, -(-filtered // size))
-        if page > page_count:
-            raise BadQuery(f"page {page} is past the last page ({page_count})")
-        start = (page - 1) * size
-        if rendered is None:
-            shown = [how.render(one) for one in items[start:start + size]]
-        else:
-            shown = rendered[start:start + size]
-    else:
-        shown = rendered if rendered is not None else [how.render(one) for one in items]
+        items = [how.render(one) for one in items]
+        items.sort(key=lambda item: _sortable(dotted(item, sort)), reverse=reverse)
+        rendered = True
     columns = [c for c in (query.get("columns") or "").split(",") if c]
-    if columns:
-        shown = [select_columns(item, columns) for item in shown]
     if not paged:
+        return Selection(items, rendered, columns, None)
+    filtered = len(items)
+    page_count = max(1, -(-filtered // size))
+    if page > page_count:
+        raise BadQuery(f"page {page} is past the last page ({page_count})")
+    start = (page - 1) * size
+    items = items[start:start + size]
+    return Selection(items, rendered, columns, {
+        "filtered_count": filtered, "item_count": len(items), "page": page,
+        "page_count": page_count, "page_size": size, "total_count": total})
+
+
+def answer(selection: Selection, shown: list[dict[str, Any]], columns_done: bool = False
+           ) -> Any:
+    """The JSON answer for a selection whose items are rendered as ``shown`` (with only
+    the ``columns=`` asked for already when ``columns_done``)."""
+    if selection.columns and not columns_done:
+        shown = [select_columns(item, selection.columns) for item in shown]
+    if selection.page is None:
         return shown
-    return {"filtered_count": filtered, "item_count": len(shown), "items": shown,
-            "page": page, "page_count": page_count, "page_size": size,
-            "total_count": total}
+    return {**selection.page, "items": shown}
+
+
+def column_reader(selection: Selection, how: Listing
+                  ) -> Callable[[list[Any]], list[dict[str, Any]]] | None:
+    """When ``columns=`` asks only for fields readable off the objects (a monitoring
+    script's ``columns=name,messages``): what turns objects into those items, else None."""
+    columns = selection.columns
+    if selection.rendered or not columns or not set(columns) <= how.shown_as_keys:
+        return None
+    keys = [(column, how.keys[column]) for column in columns]
+    return lambda items: [{column: key(one) for column, key in keys} for one in items]
+
+
+def listing(objects: Iterable[Any], how: Listing, query: Mapping[str, str]) -> Any:
+    """A list endpoint's answer: a list, or with ``page`` RabbitMQ's paged object."""
+    selection = select(objects, how, query)
+    read = column_reader(selection, how)
+    if read is not None:
+        return answer(selection, read(selection.items), columns_done=True)
+    shown = (selection.items if selection.rendered
+             else [how.render(one) for one in selection.items])
+    return answer(selection, shown)

@@ -7,12 +7,14 @@ taken (a second broker on one host, say) the broker still starts and logs one li
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from leveret.broker.management import api, auth, parameters
+from leveret.broker.management import api, auth, changes, dashboard, messages, parameters
 
 if TYPE_CHECKING:
     from leveret.broker.server import Broker
@@ -21,13 +23,44 @@ log = logging.getLogger(__name__)
 
 
 def application(broker: Broker) -> web.Application:
-    """The management app: API routes behind basic auth."""
-    app = web.Application(middlewares=[auth.middleware(broker)],
+    """The management app: API routes behind basic auth, and the dashboard at ``/``."""
+    app = web.Application(middlewares=[json_errors, auth.middleware(broker)],
                           client_max_size=64 * 1024 * 1024)
     app[api.BROKER] = broker
     app.add_routes(api.routes)
+    app.add_routes(changes.routes)
+    app.add_routes(messages.routes)
     app.add_routes(parameters.routes)
+    dashboard.add_routes(app)
     return app
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answered as JSON, as RabbitMQ does: aiohttp's own (no such path 404,
+    wrong method 405, body too large 413) get RabbitMQ's body; an unexpected exception is
+    logged once and answered 500, and the broker goes on."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400 or error.content_type == "application/json":
+            raise
+        if error.status == 404:
+            body = {"error": "Object Not Found", "reason": "Not Found"}
+        else:
+            body = {"error": error.reason.lower().replace(" ", "_"), "reason": error.text}
+        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+        return web.Response(status=error.status, text=api.dumps(body), headers=headers,
+                            content_type="application/json")
+    except asyncio.CancelledError:  # the client went away
+        raise
+    except Exception as error:
+        log.exception("management API: %s %s failed", request.method, request.path_qs)
+        body = {"error": "internal_error", "reason": f"{type(error).__name__}: {error}"}
+        return web.Response(status=500, text=api.dumps(body), content_type="application/json")
 
 
 class HttpListener:
