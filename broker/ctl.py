@@ -168,6 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = add("export_definitions", export_definitions,
               "write users, vhosts, permissions, queues, exchanges and bindings as JSON")
     sub.add_argument("file", help="- for standard output")
+    sub.add_argument("--quorum", action="store_true",
+                     help="classic durable queues as quorum queues, for a RabbitMQ cluster "
+                          "(Leveret's ?quorum=true; RabbitMQ ignores it)")
     sub = add("import_definitions", import_definitions,
               "create what a definitions file (RabbitMQ's JSON) lists")
     sub.add_argument("file", help="- for standard input")
@@ -410,7 +413,7 @@ def clear_permissions(ctx: Context) -> int:
 
 
 def export_definitions(ctx: Context) -> int:
-    definitions = ctx.api.get("/definitions")
+    definitions = ctx.api.get("/definitions" + ("?quorum=true" if ctx.args.quorum else ""))
     text = json.dumps(definitions, indent=2, ensure_ascii=False) + "\n"
     if ctx.args.file == "-":
         sys.stdout.write(text)
