@@ -468,12 +468,12 @@ def alarmed() -> Iterator[Target]:
 def test_ping_fails_under_an_alarm(alarmed: Target) -> None:
     done = ctl(alarmed, "ping")
     assert done.returncode == 1
-    assert "alarm: resource alarm(s) in effect (" in done.stdout
+    assert "alarm: There are alarms in effect in the cluster (" in done.stdout
     assert "memory on leveret@localhost)" in done.stdout
     assert json.loads(ctl(alarmed, "--json", "ping").stdout)["ok"] is False
     [alarm] = as_json(alarmed, "status")["alarms"]
     assert "memory on leveret@localhost" in alarm
-    assert "alarms       resource alarm(s) in effect (" in ok(alarmed, "status")
+    assert "alarms       There are alarms in effect in the cluster (" in ok(alarmed, "status")
 
 
 def test_environment_and_url_credentials(target: Target) -> None:

@@ -254,14 +254,20 @@ async def healthcheck_node(request: web.Request) -> web.Response:
     return reply({"status": "ok"})
 
 
+# RabbitMQ 3.10's resource names in alarm health checks (rabbit_alarm's format_as_map)
+ALARM_RESOURCES = {"low on memory": "memory", "low on disk": "disk space"}
+
+
 @routes.get("/api/health/checks/alarms")
 @routes.get("/api/health/checks/local-alarms")
 async def health_alarms(request: web.Request) -> web.Response:
     alarms = sorted(broker_of(request).alarms)
     if alarms:
-        return reply({"status": "failed", "reason": "resource alarm(s) in effect",
-                      "alarms": [{"node": views.NODE, "resource": alarm} for alarm in alarms]},
-                     status=503)
+        reason = ("There are alarms in effect in the cluster"
+                  if request.path.endswith("/alarms") else "There are alarms in effect on the node")
+        return reply({"status": "failed", "reason": reason,
+                      "alarms": [{"node": views.NODE, "resource": ALARM_RESOURCES.get(a, a)}
+                                 for a in alarms]}, status=503)
     return reply({"status": "ok"})
 
 

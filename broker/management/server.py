@@ -87,7 +87,7 @@ class HttpListener:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("%s listening on http://%s:%d", self.what,
+        log.info("%s serving http://%s:%d", self.what,
                  f"[{host}]" if ":" in host else host, self.port)
 
     async def stop(self) -> None:
