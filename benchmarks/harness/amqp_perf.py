@@ -35,8 +35,8 @@ def find_amqp_perf(explicit: str | None) -> str:
             if c.is_file() and os.access(c, os.X_OK):
                 return str(c)
     raise SystemExit(
-        "amqp-perf binary not found; run /work/shared/tools/amqp-perf/build.sh "
-        "or pass --amqp-perf PATH"
+        f"amqp-perf binary not found; run {build} (../shared/tools/amqp-perf/build.sh "
+        "from the repository root) or pass --amqp-perf PATH"
     )
 
 
