@@ -35,7 +35,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="a quick check of a change (about 2 minutes): scenarios "
+        help="a quick check of a change (under 3 minutes): scenarios "
         f"{QUICK['scenarios']}, both brokers, --duration {QUICK['duration']:g}, 1 round, "
         f"--quiet-wait {QUICK['quiet_wait']:g}; prints the ratio table first",
     )
