@@ -218,3 +218,29 @@ def append_content(
     for start in range(0, size, chunk):
         piece = view[start : start + chunk]
         out += (_pack_header(c.FRAME_BODY, channel, len(piece)), piece, c.FRAME_END_BYTE)
+
+
+GATHER_PART_MIN = 16 * 1024
+"""Parts at least this long go to a gathered write as they are; shorter runs are joined."""
+
+
+def gather(parts: list, large: int = GATHER_PART_MIN) -> tuple[list, int]:
+    """``parts`` for a gathered write (``writelines``): large parts (bodies, or memoryview
+    slices of them) as they are, each run of small ones joined into one; with the total
+    length. No large part is copied."""
+    gathered: list = []
+    run: list = []
+    total = 0
+    for part in parts:
+        size = len(part)
+        total += size
+        if size < large:
+            run.append(part)
+            continue
+        if run:
+            gathered.append(b"".join(run))
+            run = []
+        gathered.append(part)
+    if run:
+        gathered.append(b"".join(run))
+    return gathered, total
