@@ -342,6 +342,8 @@ class Channel:
                 body.append(payload)
                 payload = b"".join(body)
                 body.clear()
+            elif type(payload) is memoryview:  # a slice of a read: kept, it would pin it all
+                payload = payload.tobytes()
             self._finish_publish(payload)
         else:
             self._body.append(payload)

@@ -25,6 +25,7 @@ from leveret.protocol.framing import (
     HEARTBEAT,
     FrameReader,
     erlang_binary,
+    gather,
     method_frame,
     octets,
     unfuse,
@@ -46,6 +47,11 @@ _CONNECTION_CLOSE_OK = commands.Connection.CloseOk.index
 # Frame parts (about 6 per delivery) one connection may gather in one loop iteration.
 OUT_BATCH_PARTS = 6 * 1024
 OUT_BATCH_BYTES = 1024 * 1024  # and message bodies
+# Output whose bodies pass GATHER_MIN bytes (and average GATHER_AVERAGE per part) goes out
+# with one gathered write (writev) of its parts instead of being joined into one copy first;
+# the join stays for small messages, where it is the cheaper of the two.
+GATHER_MIN = 64 * 1024
+GATHER_AVERAGE = 1024
 
 HOLD_HARD_LIMIT = 64 * 1024 * 1024  # held frames past which reading stops in any case
 _SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
@@ -357,12 +363,19 @@ class Connection(asyncio.Protocol):
             for channel in channels:
                 if not channel.released:
                     channel.pending_confirms(self.out)
-        self.out_bytes = 0
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            data = b"".join(self.out)
-            self.out.clear()
-            self.transport.write(data)
-            self.send_oct += len(data)
+        bodies, self.out_bytes = self.out_bytes, 0
+        out = self.out
+        if out and self.transport is not None and not self.transport.is_closing():
+            if bodies >= GATHER_MIN and bodies >= len(out) * GATHER_AVERAGE:
+                parts, size = gather(out)
+                out.clear()
+                self.transport.writelines(parts)
+            else:
+                data = b"".join(out)
+                out.clear()
+                self.transport.write(data)
+                size = len(data)
+            self.send_oct += size
             self.send_cnt += 1
             self.last_sent = time.monotonic()
         else:

@@ -6,6 +6,13 @@ With ``fuse_publish`` it yields the commonest sequence, a basic.publish method f
 by its content header and (at most) one body frame on the same channel, as one item of type
 ``FRAME_PUBLISH`` whose payload is ``(method, header, body)``: the broker then handles a
 message in one step instead of three.
+
+Large frames are not copied more than they must be: a body frame of at least ``VIEW_MIN``
+octets that arrived whole in one read is handed out as a memoryview slice of that read, and a
+frame of at least ``VIEW_MIN`` octets that spans reads is gathered as a list of the reads
+(never re-concatenated with each read) and joined once when its last octet arrives. A
+memoryview keeps its whole read alive: the receiver must copy it (``bytes``) before keeping
+it beyond the current message (the channel joins a body's frames into one bytes object).
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ _PUBLISH_ID = c.BASIC_PUBLISH.to_bytes(4, "big")
 _CONTENT_START = struct.Struct(">BHI4xQ")  # a header frame's header, up to the body size
 _unpack_content_start = _CONTENT_START.unpack_from
 
+VIEW_MIN = 4096
+"""Frames from this size on are read without extra copies (see above)."""
+
 Frame = tuple[int, int, bytes]
-"""(frame type, channel number, payload)."""
+"""(frame type, channel number, payload); a large body frame's payload may be a memoryview."""
 
 PublishPayload = tuple[bytes, bytes, bytes | None]
 """A fused basic.publish: method payload, content header payload, body (None: no body frame)."""
@@ -48,14 +58,17 @@ class FrameReader:
     complete frame of an unknown type, a non-empty heartbeat, or a method or content header
     too short for its fixed fields raises ``FrameError`` too (RabbitMQ's ``unknown_frame``),
     but the frames after it can still be read (a connection.close-ok, say). Each payload is
-    one slice (one copy) of the received bytes; only an incomplete frame at the end is kept
-    for the next call.
+    one slice (one copy) of the received bytes, or none for a large body frame (see the module
+    docstring); only an incomplete frame at the end is kept for the next call.
     """
 
-    __slots__ = ("_buffer", "failed", "frame_max", "fuse_publish")
+    __slots__ = ("_buffer", "_large", "_need", "_parts", "failed", "frame_max", "fuse_publish")
 
     def __init__(self, frame_max: int = c.FRAME_MIN_SIZE, fuse_publish: bool = False) -> None:
         self._buffer = b""
+        self._parts: list | None = None  # a large frame's payload so far, read by read
+        self._large = (0, 0, 0)  # that frame's (type, channel, size)
+        self._need = 0  # its payload octets still to come (then its end octet)
         self.frame_max = frame_max
         self.fuse_publish = fuse_publish
         self.failed = False  # lost sync after a fatal frame error: input is ignored
@@ -63,20 +76,34 @@ class FrameReader:
     @property
     def pending(self) -> int:
         """Bytes held that do not yet make a whole frame."""
+        if self._parts is not None:
+            return c.FRAME_HEADER_SIZE + self._large[2] - self._need
         return len(self._buffer)
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Add ``data`` and yield each complete frame now available, in order."""
         if self.failed:
             return
-        if self._buffer:
+        offset = 0
+        large = None
+        if self._parts is not None:  # the rest of a large frame
+            need = self._need
+            if len(data) <= need:
+                self._parts.append(data)
+                self._need = need - len(data)
+                return
+            large = self._large_frame(data, need)
+            offset = need + 1
+        elif self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        offset = 0
         end = len(data)
         header_size = c.FRAME_HEADER_SIZE
         min_payload = _MIN_PAYLOAD
+        view = None
         try:
+            if large is not None:
+                yield large
             while end - offset >= header_size:
                 frame_type, channel, size = _unpack_header(data, offset)
                 if size > self.frame_max:  # RabbitMQ lets the 8 bytes of framing slip
@@ -88,6 +115,14 @@ class FrameReader:
                 start = offset + header_size
                 frame_end = start + size
                 if frame_end >= end:
+                    if size >= VIEW_MIN and min_payload[frame_type] < _NEVER:
+                        # a large frame: its reads are gathered until it is whole
+                        if view is None:
+                            view = memoryview(data)
+                        self._large = (frame_type, channel, size)
+                        self._parts = [view[start:]]
+                        self._need = frame_end - end
+                        offset = end
                     break
                 if data[frame_end] != c.FRAME_END:
                     self._fail()
@@ -95,7 +130,12 @@ class FrameReader:
                         f"type {frame_type}, {octets(data[start:frame_end])}: "
                         f"{{invalid_frame_end_marker,{data[frame_end]}}}"
                     )
-                payload = data[start:frame_end]
+                if size >= VIEW_MIN and frame_type == c.FRAME_BODY:
+                    if view is None:
+                        view = memoryview(data)
+                    payload = view[start:frame_end]
+                else:
+                    payload = data[start:frame_end]
                 offset = frame_end + 1
                 if size < min_payload[frame_type] and (frame_type != _HEARTBEAT or size):
                     raise FrameError(f"type {frame_type}, {octets(payload)}: unknown_frame")
@@ -111,10 +151,29 @@ class FrameReader:
             if offset < end and not self.failed:
                 self._buffer = data[offset:] if offset else data
 
+    def _large_frame(self, data: bytes, need: int) -> Frame:
+        """The large frame gathered so far, completed by the first ``need`` octets of
+        ``data`` (which holds its end octet too): its payload joined in one copy."""
+        parts = self._parts
+        assert parts is not None
+        self._parts = None
+        frame_type, channel, _size = self._large
+        if need:
+            parts.append(memoryview(data)[:need])
+        payload = b"".join(parts)
+        if data[need] != c.FRAME_END:
+            self._fail()
+            raise FrameError(
+                f"type {frame_type}, {octets(payload)}: "
+                f"{{invalid_frame_end_marker,{data[need]}}}"
+            )
+        return frame_type, channel, payload
+
     def _fail(self) -> None:
         """Lost sync with the stream: nothing more can be read from it."""
         self.failed = True
         self._buffer = b""
+        self._parts = None
 
     def _content_after(
         self, data: bytes, offset: int, end: int, channel: int
@@ -218,3 +277,29 @@ def append_content(
     for start in range(0, size, chunk):
         piece = view[start : start + chunk]
         out += (_pack_header(c.FRAME_BODY, channel, len(piece)), piece, c.FRAME_END_BYTE)
+
+
+GATHER_PART_MIN = 16 * 1024
+"""Parts at least this long go to a gathered write as they are; shorter runs are joined."""
+
+
+def gather(parts: list, large: int = GATHER_PART_MIN) -> tuple[list, int]:
+    """``parts`` for a gathered write (``writelines``): large parts (bodies, or memoryview
+    slices of them) as they are, each run of small ones joined into one; with the total
+    length. No large part is copied."""
+    gathered: list = []
+    run: list = []
+    total = 0
+    for part in parts:
+        size = len(part)
+        total += size
+        if size < large:
+            run.append(part)
+            continue
+        if run:
+            gathered.append(b"".join(run))
+            run = []
+        gathered.append(part)
+    if run:
+        gathered.append(b"".join(run))
+    return gathered, total

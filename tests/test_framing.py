@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,14 @@ from pamqp.header import ContentHeader
 
 from leveret.protocol import constants as c
 from leveret.protocol.errors import AMQPError, FrameError
-from leveret.protocol.framing import FrameReader, append_content, method_frame, unfuse
+from leveret.protocol.framing import (
+    VIEW_MIN,
+    FrameReader,
+    append_content,
+    gather,
+    method_frame,
+    unfuse,
+)
 from leveret.protocol.methods import decode_method, encode_method, make
 
 FRAME_MAX = 131072
@@ -181,3 +189,95 @@ def test_a_whole_publish_in_one_buffer_is_fused() -> None:
     assert (frame_type, channel, got_body) == (c.FRAME_PUBLISH, 5, body)
     assert decode_method(method).routing_key == "k"
     assert header[4:12] == len(body).to_bytes(8, "big")
+
+
+# --- large frames: gathered across reads, body slices without copies ----------------------
+
+_SIZES = st.sampled_from([0, 1, 16, VIEW_MIN - 1, VIEW_MIN, 70_000, FRAME_MAX - 8])
+
+
+@st.composite
+def large_streams(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """Method, content header and body frames (some larger than a read) as a byte stream."""
+    frames = []
+    for number in range(draw(st.integers(1, 5))):
+        channel = draw(st.integers(1, 3))
+        frames.append((c.FRAME_METHOD, channel,
+                       encode_method(make(commands.Basic.Publish, routing_key="q"))))
+        sizes = draw(st.lists(_SIZES, min_size=1, max_size=4))
+        header = pamqp_frame.marshal(ContentHeader(body_size=sum(sizes)), channel)[7:-1]
+        frames.append((c.FRAME_HEADER, channel, header))
+        for index, size in enumerate(sizes):
+            fill = bytes((number * 16 + index) % 256 for _ in range(min(size, 251)))
+            frames.append((c.FRAME_BODY, channel, (fill * (size // 251 + 1))[:size]))
+    stream = b"".join(
+        bytes((ftype,)) + ch.to_bytes(2, "big") + len(p).to_bytes(4, "big") + p + b"\xce"
+        for ftype, ch, p in frames
+    )
+    return stream, frames
+
+
+@settings(max_examples=150, deadline=None)
+@given(large_streams(), st.lists(st.integers(1, 300_000), max_size=12), st.booleans())
+def test_large_frames_read_the_same_however_the_stream_is_cut(data, cuts, fuse) -> None:
+    """Whatever the reads, the same frames come out (fused or not), byte for byte; only
+    large body frames may come as memoryview slices; nothing is left pending."""
+    stream, expected = data
+    reader = FrameReader(FRAME_MAX, fuse_publish=fuse)
+    got = []
+    position = 0
+    for cut in [*cuts, len(stream)]:
+        for frame_type, channel, payload in reader.feed(stream[position : position + cut]):
+            if frame_type == c.FRAME_PUBLISH:
+                got += [(kind, channel, part) for kind, part in unfuse(payload)]
+            else:
+                got.append((frame_type, channel, payload))
+        position += cut
+        if position >= len(stream):
+            break
+    for frame_type, _channel, payload in got:
+        assert type(payload) is bytes or (
+            frame_type == c.FRAME_BODY and len(payload) >= VIEW_MIN), (frame_type, len(payload))
+    assert [(t, ch, bytes(p)) for t, ch, p in got] == expected
+    assert reader.pending == 0
+
+
+def test_a_large_frame_is_gathered_without_re_concatenation() -> None:
+    """A frame longer than a read is held read by read (``pending`` counts it) and joined
+    once; its end byte is checked when it arrives."""
+    body = bytes(range(256)) * 400
+    frame = b"\x03\x00\x01" + len(body).to_bytes(4, "big") + body + b"\xce"
+    reader = FrameReader(FRAME_MAX)
+    for at in range(0, len(frame) - 1, 10_000):
+        assert list(reader.feed(frame[at : min(at + 10_000, len(frame) - 1)])) == []
+    assert reader.pending == len(frame) - 1
+    [(kind, channel, payload)] = reader.feed(b"\xce" + method_frame(1, b"\x00\x3c\x00\x50")[:5])
+    assert (kind, channel, payload) == (c.FRAME_BODY, 1, body) and type(payload) is bytes
+    assert reader.pending == 5
+    bad = FrameReader(FRAME_MAX)
+    assert list(bad.feed(frame[:-1])) == []
+    with pytest.raises(FrameError, match="invalid_frame_end_marker"):
+        list(bad.feed(b"\x00"))
+    assert bad.failed and bad.pending == 0
+
+
+def test_small_bodies_are_copies_large_ones_views() -> None:
+    """A small body frame is its own bytes (it must not keep a large read alive while it
+    waits in a queue); a large one within one read is a slice of it."""
+    big = b"\x03\x00\x01" + (100_000).to_bytes(4, "big") + b"b" * 100_000 + b"\xce"
+    small = b"\x03\x00\x01" + (16).to_bytes(4, "big") + b"s" * 16 + b"\xce"
+    frames = list(FrameReader(FRAME_MAX).feed(big + small))
+    assert type(frames[0][2]) is memoryview and frames[0][2] == b"b" * 100_000
+    assert type(frames[1][2]) is bytes and frames[1][2] == b"s" * 16
+
+
+@given(st.lists(st.binary(max_size=40_000), max_size=12))
+def test_gather_keeps_the_bytes_and_large_parts(parts) -> None:
+    """gather() writes the same bytes; large parts pass as they are, small runs joined."""
+    parts = [memoryview(part) if len(part) % 2 else part for part in parts]
+    gathered, total = gather(parts)
+    assert b"".join(gathered) == b"".join(parts) and total == sum(map(len, parts))
+    large = [part for part in parts if len(part) >= 16 * 1024]
+    assert [part for part in gathered if any(part is big for big in large)] == large
+    assert not any(len(a) < 16 * 1024 and len(b) < 16 * 1024
+                   for a, b in itertools.pairwise(gathered))
