@@ -211,6 +211,10 @@ def test_purge_queue(target: Target, channel: BlockingChannel, name: str) -> Non
     try:
         for n in range(5):
             channel.basic_publish("", name, f"m{n}".encode())
+        # (RabbitMQ's declare-ok may count before its queue has every publish: wait)
+        deadline = time.monotonic() + 10
+        while queue_length(channel, name) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert queue_length(channel, name) == 5
         assert ok(target, "purge_queue", name) == f"purged queue '{name}' in vhost '/'\n"
         assert queue_length(channel, name) == 0

@@ -122,7 +122,9 @@ def test_queue_fields_tools_read(target: Target, vhost: str) -> None:
         stats = found.get("message_stats", {})
         done = (found.get("messages"), found.get("messages_unacknowledged"),
                 found.get("consumers"), stats.get("deliver_get")) == (3, 1, 1, 1) and set(
-                    found) >= QUEUE_KEYS
+                    found) >= QUEUE_KEYS and all(  # ([] until RabbitMQ knows the channel)
+                    isinstance(c.get("channel_details"), dict)
+                    for c in found.get("consumer_details") or [{}])
         return found if done else None  # (RabbitMQ fills the fields in over a few seconds)
 
     found = eventually(settled)
