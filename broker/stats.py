@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from leveret.broker.channel import Channel
@@ -105,17 +105,6 @@ class RateWindow:
             return (0.0,) * len(counts)
         elapsed = last[0] - previous[0]
         return tuple((b - a) / elapsed for a, b in zip(previous[1], last[1], strict=True))
-
-
-def details(stats: MessageStats, window: RateWindow) -> dict[str, Any]:
-    """RabbitMQ's ``message_stats`` object: each counter with its ``<name>_details.rate``."""
-    counts = stats.as_dict()
-    rates = window.rates(tuple(counts.values()))
-    out: dict[str, Any] = {}
-    for (name, count), rate in zip(counts.items(), rates, strict=True):
-        out[name] = count
-        out[f"{name}_details"] = {"rate": round(rate, 1)}
-    return out
 
 
 class Statistics:

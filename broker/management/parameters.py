@@ -3,7 +3,6 @@ and the shovel plugin's ``/api/shovels`` status list."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from aiohttp import web
 from leveret.broker.administration import DefinitionError
 from leveret.broker.management.api import bad_request, broker_of, not_found, reply, viewer_of
 from leveret.broker.management.auth import not_authorised
+from leveret.broker.management.changes import NO_CONTENT, body_of, created, durable, store_mark
 
 routes = web.RouteTableDef()
 
@@ -66,30 +66,32 @@ async def put_parameter(request: web.Request) -> web.Response:
     _may_change(request)
     vhost, name = request.match_info["vhost"], request.match_info["name"]
     viewer_of(request).require_vhost(vhost)
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError as error:
-        raise bad_request(f"invalid JSON: {error}") from None
-    if not isinstance(body, dict) or "value" not in body:
+    body = await body_of(request)
+    if "value" not in body:
         raise bad_request("the body must be an object with a 'value'")
-    admin = broker_of(request).admin
+    broker = broker_of(request)
     existed = any(p["name"] == name for p in _visible(request, None, vhost))
+    mark = store_mark(broker)
     try:
-        admin.set_parameter(request.match_info["component"], vhost, name, body["value"])
+        broker.admin.set_parameter(request.match_info["component"], vhost, name, body["value"])
     except DefinitionError as error:
         raise bad_request(str(error)) from None
-    return web.Response(status=204 if existed else 201)
+    await durable(broker, mark)
+    return created(not existed)
 
 
 @routes.delete("/api/parameters/{component}/{vhost}/{name}")
 async def delete_parameter(request: web.Request) -> web.Response:
     _may_change(request)
     viewer_of(request).require_vhost(request.match_info["vhost"])
-    if not broker_of(request).admin.clear_parameter(
+    broker = broker_of(request)
+    mark = store_mark(broker)
+    if not broker.admin.clear_parameter(
             request.match_info["component"], request.match_info["vhost"],
             request.match_info["name"]):
         raise not_found()
-    return web.Response(status=204)
+    await durable(broker, mark)
+    return web.Response(status=NO_CONTENT)
 
 
 @routes.get("/api/shovels")
