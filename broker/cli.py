@@ -18,7 +18,7 @@ import socket
 import ssl
 import sys
 
-from leveret.broker import __version__, ctl, logs, settings
+from leveret.broker import __version__, allocator, ctl, logs, settings
 from leveret.broker.check import check
 from leveret.broker.config import BrokerConfig
 from leveret.broker.server import Broker
@@ -128,6 +128,7 @@ async def serve(config: BrokerConfig, log_handler: logging.Handler) -> None:
     # everything created at start-up out of the collector's sight.
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
+    allocator.tune()  # large bodies reuse freed memory (see broker/allocator.py)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

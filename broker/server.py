@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from leveret.broker import __version__, delayed, tls
 from leveret.broker.administration import Administration
+from leveret.broker.allocator import release_free_memory
 from leveret.broker.auth import FailedLogins
 from leveret.broker.config import BrokerConfig
 from leveret.broker.connection import Connection
@@ -236,6 +237,9 @@ class Broker:
             self._set_alarm(DISK_ALARM, low_disk, f"{free} bytes free, limit "
                             f"{config.disk_free_limit}")
         rss = resident_memory()
+        if config.memory_high_watermark and rss is not None and rss > config.memory_high_watermark:
+            release_free_memory()  # what the allocator keeps for reuse is not in use
+            rss = resident_memory()
         if config.memory_high_watermark and rss is not None:
             self._set_alarm(MEMORY_ALARM, rss > config.memory_high_watermark,
                             f"resident memory {rss} bytes, limit {config.memory_high_watermark}")
