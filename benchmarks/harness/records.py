@@ -44,6 +44,34 @@ def custom_run_record(
     return run
 
 
+def builtin_perf(
+    err: str | None,
+    verdict: str,
+    *,
+    published_rate: float | None,
+    consumed_rate: float | None,
+    latency_us: dict,
+    cpu: dict,
+    notes: list[str],
+) -> dict:
+    """A built-in scenario's ``perf`` fields; ``cpu`` is a ``CpuMeter`` reading, of which
+    the broker's and the other processes' shares are kept."""
+    perf = {
+        "ok": err is None,
+        "verdict": verdict,
+        "published_rate": published_rate,
+        "consumed_rate": consumed_rate,
+        "latency_us": latency_us,
+        "cpu": {"pids_pct": {"broker": cpu.get("broker_pct")}, "other_pct": cpu.get("other_pct")}
+        if cpu
+        else {},
+        "notes": notes,
+    }
+    if err:
+        perf["error"] = err
+    return perf
+
+
 def verdict_of(run: dict) -> str:
     """OK, or what went wrong: the scenario's verdict, the exit code, a dead Leveret."""
     r = run["perf"]

@@ -15,7 +15,7 @@ from ..builtin import _lite, _pct, arun
 from ..fmt import BROKER_NAME, fmt_ms, mb, num
 from ..procs import CpuMeter, RssSampler, nofile_soft, read_status, wait_quiet
 from ..rabbitmq import rabbitmq_node_pid
-from ..records import custom_run_record, verdict_of
+from ..records import builtin_perf, custom_run_record, verdict_of
 from .base import Scenario, count_label, size_label
 
 
@@ -256,23 +256,17 @@ def run_h(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
         verdict = "OK"
     if res.get("open_errors"):
         notes.append("connection errors (count): " + json.dumps(res["open_errors"]))
-    lat = res.get("latency_us") or {}
-    cpu = res.get("cpu") or {}
-    perf = {
-        "ok": err is None,
-        "verdict": verdict,
+    perf = builtin_perf(
+        err,
+        verdict,
         # the whole burst goes into the socket within milliseconds: a publish rate would only
         # measure socket buffers (publish_s is in the detail table)
-        "published_rate": None,
-        "consumed_rate": res.get("delivered_rate"),
-        "latency_us": lat,
-        "cpu": {"pids_pct": {"broker": cpu.get("broker_pct")}, "other_pct": cpu.get("other_pct")}
-        if cpu
-        else {},
-        "notes": notes,
-    }
-    if err:
-        perf["error"] = err
+        published_rate=None,
+        consumed_rate=res.get("delivered_rate"),
+        latency_us=res.get("latency_us") or {},
+        cpu=res.get("cpu") or {},
+        notes=notes,
+    )
     res["rss_peak_mb"] = round(res.get("rss_peak_burst_kb", 0) / 1024, 1)
     return custom_run_record(method(args), key, broker, rnd, leveret, res, perf)
 

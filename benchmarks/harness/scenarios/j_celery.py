@@ -17,7 +17,7 @@ from ..builtin import _delete_queue, _wait_file, arun
 from ..fmt import BROKER_NAME, mb, num
 from ..paths import HERE
 from ..procs import CpuMeter, RssSampler, wait_quiet
-from ..records import custom_run_record, verdict_of
+from ..records import builtin_perf, custom_run_record, verdict_of
 from .base import Scenario, count_label
 
 
@@ -214,20 +214,15 @@ def run_j(args, broker, url, rnd, rss_pids, leveret, out_dir) -> dict:
         ]
         if bad:
             notes.append(f"{logp.name}: " + " | ".join(bad[:5]))
-    cpu = res.get("cpu_live") or {}
-    perf = {
-        "ok": err is None,
-        "verdict": "ERROR" if err else "OK",
-        "published_rate": res.get("publish_rate"),
-        "consumed_rate": res.get("tasks_per_s"),
-        "latency_us": {},
-        "cpu": {"pids_pct": {"broker": cpu.get("broker_pct")}, "other_pct": cpu.get("other_pct")}
-        if cpu
-        else {},
-        "notes": notes,
-    }
-    if err:
-        perf["error"] = err
+    perf = builtin_perf(
+        err,
+        "ERROR" if err else "OK",
+        published_rate=res.get("publish_rate"),
+        consumed_rate=res.get("tasks_per_s"),
+        latency_us={},
+        cpu=res.get("cpu_live") or {},
+        notes=notes,
+    )
     res["rss_peak_mb"] = round(res.get("rss_peak_kb", 0) / 1024, 1)
     return custom_run_record(method(args), key, broker, rnd, leveret, res, perf)
 
