@@ -6,6 +6,11 @@ It measures the broker's own CPU time per message (process time), free of networ
 client noise, so hot-path changes can be compared quickly:
 
     .venv/bin/python benchmarks/micro_broker.py [--messages 200000] [--ack] [--size 16]
+        [--task-props] [--confirm]
+
+``--task-props`` gives every message new Celery-like properties (as amqp-perf's flag of that
+name: unique message and correlation ids, a kombu-like headers table), so no content header
+repeats; ``--confirm`` puts the publisher in confirm mode.
 
 A body larger than a frame is split into frame_max-sized body frames, and the publisher's
 bytes arrive in reads of at most ``--read-size`` bytes (uvloop reads up to 256,000 at a
@@ -98,8 +103,21 @@ def reads(data: bytes, read_size: int) -> list[bytes]:
     return [data[at : at + read_size] for at in range(0, len(data), read_size)]
 
 
+def task_properties(seq: int, persistent: bool) -> commands.Basic.Properties:
+    """amqp-perf's ``--task-props``: new ids and headers for every message."""
+    ident = f"00000000-{seq >> 32 & 0xFFFF:04x}-4000-8000-{seq:012x}"
+    return commands.Basic.Properties(
+        content_type="application/json", content_encoding="utf-8", message_id=ident,
+        correlation_id=ident, priority=0, delivery_mode=2 if persistent else None,
+        headers={"lang": "py", "task": "tasks.add", "id": ident, "root_id": ident,
+                 "parent_id": None, "group": None, "retries": 0, "eta": None,
+                 "expires": None, "argsrepr": "(2, 2)", "kwargsrepr": "{}",
+                 "origin": "gen1@perf", "ignore_result": False})
+
+
 async def run(messages: int, size: int, ack: bool, batch: int,
-              data_dir: str | None = None, read_size: int = 256_000) -> float:
+              data_dir: str | None = None, read_size: int = 256_000,
+              task_props: bool = False, confirm: bool = False) -> float:
     broker = Broker(BrokerConfig(port=0, data_dir=Path(data_dir) if data_dir else None))
     await broker.start()
     publisher, consumer = Connection(broker), Connection(broker)
@@ -111,7 +129,7 @@ async def run(messages: int, size: int, ack: bool, batch: int,
         (1, commands.Basic.Qos(prefetch_count=0 if not ack else 1000)),
         (1, commands.Basic.Consume(queue="bench", consumer_tag="c", no_ack=not ack)),
     ))
-    if data_dir:
+    if data_dir or confirm:
         publisher.data_received(frames((1, commands.Confirm.Select())))
     queues = broker.vhosts["/"].queues
     for _ in range(500):  # a durable declare-ok waits for its fsync: so does the consume
@@ -122,14 +140,22 @@ async def run(messages: int, size: int, ack: bool, batch: int,
     queue = queues["bench"]
     properties = commands.Basic.Properties(delivery_mode=2 if data_dir else None)
     piece = FRAME_MAX - 8
-    one = frames((1, commands.Basic.Publish(exchange="", routing_key="bench")),
-                 (1, ContentHeader(body_size=size, properties=properties)),
-                 *((1, pamqp_frame.body.ContentBody(body[at : at + piece]))
-                   for at in range(0, size, piece)))
-    chunks = reads(one * batch, read_size)
+
+    def message(properties: commands.Basic.Properties) -> bytes:
+        return frames((1, commands.Basic.Publish(exchange="", routing_key="bench")),
+                      (1, ContentHeader(body_size=size, properties=properties)),
+                      *((1, pamqp_frame.body.ContentBody(body[at : at + piece]))
+                        for at in range(0, size, piece)))
+
+    if task_props:  # every message its own header (made before the clock starts)
+        rounds = [reads(b"".join(message(task_properties(seq, data_dir is not None))
+                                 for seq in range(start, start + batch)), read_size)
+                  for start in range(0, messages - batch + 1, batch)]
+    else:
+        rounds = [reads(message(properties) * batch, read_size)] * (messages // batch)
     delivered_tag = 0
     started = time.process_time()
-    for _ in range(messages // batch):
+    for chunks in rounds:
         for chunk in chunks:
             publisher.data_received(chunk)
         await asyncio.sleep(0)
@@ -157,6 +183,9 @@ def main() -> None:
                         help="the largest read the publisher's bytes arrive in")
     parser.add_argument("--ack", action="store_true", help="manual acks (multiple per batch)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--task-props", action="store_true",
+                        help="new Celery-like properties for every message (amqp-perf's flag)")
+    parser.add_argument("--confirm", action="store_true", help="publisher confirms")
     parser.add_argument("--persistent", action="store_true",
                         help="persistent messages, durable queue, confirms, fsync (implies --ack)")
     args = parser.parse_args()
@@ -172,10 +201,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as data_dir:
             results.append(asyncio.run(run(
                 args.messages, args.size, args.ack or args.persistent, batch,
-                data_dir if args.persistent else None, args.read_size)))
+                data_dir if args.persistent else None, args.read_size, args.task_props,
+                args.confirm)))
     best = min(results)
     print(f"{best:.2f} us/message (best of {args.rounds}; {1e6 / best:,.0f} msg/s on one core) "
-          f"size={args.size} ack={args.ack or args.persistent} persistent={args.persistent}")
+          f"size={args.size} ack={args.ack or args.persistent} persistent={args.persistent} "
+          f"task_props={args.task_props} confirm={args.confirm or args.persistent}")
 
 
 if __name__ == "__main__":

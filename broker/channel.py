@@ -25,7 +25,7 @@ from leveret.broker.queue import quorum_header
 from leveret.broker.stats import MessageStats, RateWindow
 from leveret.protocol import constants as c
 from leveret.protocol import errors, fastpath
-from leveret.protocol.framing import method_frame
+from leveret.protocol.framing import body_of, method_frame
 from leveret.protocol.methods import decode_method, make, method_index
 from leveret.protocol.validate import check_content_header, decode_properties
 
@@ -340,10 +340,10 @@ class Channel:
             body = self._body
             if body:
                 body.append(payload)
-                payload = b"".join(body)
+                payload = body_of(body)
                 body.clear()
-            elif type(payload) is memoryview:  # a slice of a read: kept, it would pin it all
-                payload = payload.tobytes()
+            elif type(payload) is memoryview:  # a slice of a read (kept, it would pin it all)
+                payload = body_of([payload])  # or the whole of an assembled body
             self._finish_publish(payload)
         else:
             self._body.append(payload)

@@ -128,8 +128,10 @@ def log_about_peer(peer: str, level: int, message: str, *args: object,
                    address, PEER_LOG_WINDOW)
 
 
-class Connection(asyncio.Protocol):
-    """The server side of one AMQP connection."""
+class Connection(asyncio.BufferedProtocol):
+    """The server side of one AMQP connection. Reads go into the broker's receive buffer, or
+    straight into the place of a large message body (``FrameReader.get_buffer``);
+    ``data_received`` takes bytes too (tests, embedded use)."""
 
     def __init__(self, broker: Broker, tls: bool = False) -> None:
         self.broker = broker
@@ -141,7 +143,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.state = AWAIT_HEADER
-        self.reader = FrameReader(frame_max=self.config.frame_max, fuse_publish=True)
+        self.reader = FrameReader(frame_max=self.config.frame_max, fuse_publish=True,
+                                  assemble_bodies=True, scratch=broker.receive_buffer)
         self._header_buffer = b""
         self.out: list[bytes] = []
         self._out_full = False
@@ -249,6 +252,18 @@ class Connection(asyncio.Protocol):
                         "closing it", self.peer, self.config.write_timeout,
                         self.transport.get_write_buffer_size())
             self.transport.abort()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.reader.received(nbytes)
+        if data:
+            self.data_received(data)
+        else:  # read into a body's place: nothing to parse yet
+            self.last_received = time.monotonic()
+            self.recv_oct += nbytes
+            self.recv_cnt += 1
 
     def data_received(self, data: bytes) -> None:
         self.last_received = time.monotonic()

@@ -25,6 +25,7 @@ from leveret.broker.store.records import CorruptRecord
 from leveret.broker.store.store import Recovered
 from leveret.broker.vhost import VirtualHost
 from leveret.protocol import constants as c
+from leveret.protocol.framing import RECEIVE_BUFFER
 
 if TYPE_CHECKING:
     from leveret.broker.management.server import HttpListener
@@ -73,6 +74,9 @@ class Broker:
         self.admin = Administration(self)  # users, permissions, vhosts at run time
         self.failed_logins = FailedLogins()
         self.statistics = Statistics(self)  # message counters and rates (broker/stats.py)
+        # Every connection reads into this and copies out what it got (as uvloop does with a
+        # buffer of its own), unless the read goes straight into a large body's place.
+        self.receive_buffer = bytearray(RECEIVE_BUFFER)
         self.started_at = time.time()
         self.blocked_reason: str | None = None
         self.store: MessageStore | None = None

@@ -13,6 +13,14 @@ frame of at least ``VIEW_MIN`` octets that spans reads is gathered as a list of 
 (never re-concatenated with each read) and joined once when its last octet arrives. A
 memoryview keeps its whole read alive: the receiver must copy it (``bytes``) before keeping
 it beyond the current message (the channel joins a body's frames into one bytes object).
+
+With ``assemble_bodies``, a body of ``VIEW_MIN`` to ``ASSEMBLE_MAX`` octets that does not
+arrive in one read is assembled in place: from its first body frame on, the reader writes the
+body's frames one after another into one ``BodyBuffer`` of the size its content header gave,
+and yields each frame's payload as a slice of it; ``body_of`` then returns the buffer itself,
+without a join. Used as a buffered protocol (``get_buffer`` / ``received``), the reader lets
+the socket read such a frame's payload straight into its place: the octets of a large body
+are copied by the kernel only.
 """
 
 from __future__ import annotations
@@ -38,9 +46,33 @@ _HEARTBEAT = c.FRAME_HEARTBEAT
 _PUBLISH_ID = c.BASIC_PUBLISH.to_bytes(4, "big")
 _CONTENT_START = struct.Struct(">BHI4xQ")  # a header frame's header, up to the body size
 _unpack_content_start = _CONTENT_START.unpack_from
+_unpack_body_size = struct.Struct(">Q").unpack_from
 
 VIEW_MIN = 4096
 """Frames from this size on are read without extra copies (see above)."""
+ASSEMBLE_MAX = 16 * 1024 * 1024
+"""The largest body assembled in place (its buffer is allocated at its first body frame)."""
+RECEIVE_BUFFER = 256 * 1024
+"""The size of a scratch buffer for ``get_buffer`` reads (uvloop reads 256 KB at a time)."""
+
+
+class BodyBuffer(bytearray):
+    """A message body the reader assembled in place (see the module docstring). It is never
+    written after its last frame was read: treat it as bytes."""
+
+    __slots__ = ()
+
+
+class _Assembly:
+    """A body being assembled: its buffer and how much of it frames have claimed."""
+
+    __slots__ = ("buffer", "channel", "claimed", "view")
+
+    def __init__(self, channel: int, size: int) -> None:
+        self.channel = channel
+        self.buffer = BodyBuffer(size)
+        self.view = memoryview(self.buffer)
+        self.claimed = 0
 
 Frame = tuple[int, int, bytes]
 """(frame type, channel number, payload); a large body frame's payload may be a memoryview."""
@@ -62,15 +94,25 @@ class FrameReader:
     docstring); only an incomplete frame at the end is kept for the next call.
     """
 
-    __slots__ = ("_buffer", "_large", "_need", "_parts", "failed", "frame_max", "fuse_publish")
+    __slots__ = ("_announced", "_assembly", "_buffer", "_dest", "_direct", "_fill", "_large",
+                 "_need", "_parts", "_scratch", "assemble_bodies", "failed", "frame_max",
+                 "fuse_publish")
 
-    def __init__(self, frame_max: int = c.FRAME_MIN_SIZE, fuse_publish: bool = False) -> None:
+    def __init__(self, frame_max: int = c.FRAME_MIN_SIZE, fuse_publish: bool = False,
+                 assemble_bodies: bool = False, scratch: bytearray | None = None) -> None:
         self._buffer = b""
         self._parts: list | None = None  # a large frame's payload so far, read by read
         self._large = (0, 0, 0)  # that frame's (type, channel, size)
         self._need = 0  # its payload octets still to come (then its end octet)
+        self._dest: memoryview | None = None  # an assembled body frame's place, being filled
+        self._fill = 0  # how much of it is filled
+        self._assembly: _Assembly | None = None  # the body being assembled, while it takes frames
+        self._announced = (-1, 0)  # the last content header's (channel, body size)
+        self._scratch = memoryview(scratch if scratch is not None else bytearray(RECEIVE_BUFFER))
+        self._direct = False  # the last get_buffer handed out self._dest
         self.frame_max = frame_max
         self.fuse_publish = fuse_publish
+        self.assemble_bodies = assemble_bodies
         self.failed = False  # lost sync after a fatal frame error: input is ignored
 
     @property
@@ -78,7 +120,34 @@ class FrameReader:
         """Bytes held that do not yet make a whole frame."""
         if self._parts is not None:
             return c.FRAME_HEADER_SIZE + self._large[2] - self._need
+        if self._dest is not None:
+            return c.FRAME_HEADER_SIZE + self._fill
         return len(self._buffer)
+
+    def get_buffer(self) -> memoryview:
+        """Where the next read should go (``asyncio.BufferedProtocol.get_buffer``): the rest of
+        an assembled body frame's payload, else the scratch buffer (only the 8 octets of a
+        frame end and the next frame header while a body being assembled expects more, so
+        that its next frame's payload is read into place too)."""
+        dest = self._dest
+        if dest is not None:
+            if self._fill < len(dest):
+                self._direct = True
+                return dest[self._fill :]
+            if self._assembly is not None:
+                self._direct = False
+                return self._scratch[: 1 + c.FRAME_HEADER_SIZE]
+        self._direct = False
+        return self._scratch
+
+    def received(self, nbytes: int) -> bytes:
+        """``nbytes`` were read into the last ``get_buffer``: the octets to ``feed`` (b"" when
+        they went straight into a body frame's place)."""
+        if self._direct:
+            self._direct = False
+            self._fill += nbytes
+            return b""
+        return self._scratch[:nbytes].tobytes()
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Add ``data`` and yield each complete frame now available, in order."""
@@ -86,7 +155,14 @@ class FrameReader:
             return
         offset = 0
         large = None
-        if self._parts is not None:  # the rest of a large frame
+        if self._dest is not None:  # the rest of an assembled body frame
+            offset = self._fill_dest(data)
+            if offset < 0:
+                return
+            large = (c.FRAME_BODY, self._large[1], self._dest)
+            self._dest = None
+            offset += 1
+        elif self._parts is not None:  # the rest of a large frame
             need = self._need
             if len(data) <= need:
                 self._parts.append(data)
@@ -114,6 +190,29 @@ class FrameReader:
                     )
                 start = offset + header_size
                 frame_end = start + size
+                if self.assemble_bodies and (frame_type == c.FRAME_BODY or self._assembly
+                                             is not None or frame_type == c.FRAME_HEADER):
+                    place = self._place(frame_type, channel, size, data, start)
+                    if place is not None:  # an assembled body's frame
+                        if view is None:
+                            view = memoryview(data)
+                        if frame_end >= end:  # the rest is to come
+                            place[: end - start] = view[start:end]
+                            self._large = (frame_type, channel, size)
+                            self._dest = place
+                            self._fill = end - start
+                            offset = end
+                            break
+                        if data[frame_end] != c.FRAME_END:
+                            self._fail()
+                            raise FrameError(
+                                f"type {frame_type}, {octets(data[start:frame_end])}: "
+                                f"{{invalid_frame_end_marker,{data[frame_end]}}}"
+                            )
+                        place[:] = view[start:frame_end]
+                        offset = frame_end + 1
+                        yield frame_type, channel, place  # type: ignore[misc]
+                        continue
                 if frame_end >= end:
                     if size >= VIEW_MIN and min_payload[frame_type] < _NEVER:
                         # a large frame: its reads are gathered until it is whole
@@ -151,6 +250,60 @@ class FrameReader:
             if offset < end and not self.failed:
                 self._buffer = data[offset:] if offset else data
 
+    def _place(self, frame_type: int, channel: int, size: int, data: bytes,
+               start: int) -> memoryview | None:
+        """Where an assembled body's frame goes: its slice of the body's buffer, claimed now;
+        None for any other frame. A content header announces a body (its size is read when
+        the header is in ``data``); any frame of the channel that breaks the sequence (too
+        long, not a body frame) ends the assembly, and the frames go the usual way, to be
+        refused by the channel as they would be."""
+        assembly = self._assembly
+        if assembly is not None and assembly.channel == channel:
+            claimed = assembly.claimed
+            if frame_type == c.FRAME_BODY and claimed + size <= len(assembly.buffer):
+                assembly.claimed = claimed + size
+                if assembly.claimed == len(assembly.buffer):
+                    self._assembly = None  # its last frame: complete once this is read
+                return assembly.view[claimed : claimed + size]
+            self._assembly = None
+        if frame_type == c.FRAME_HEADER:
+            self._announced = (channel, _unpack_body_size(data, start + 4)[0]
+                               if len(data) >= start + 12 else 0)
+        elif frame_type == c.FRAME_BODY and self._announced[0] == channel:
+            body_size = self._announced[1]
+            self._announced = (-1, 0)
+            if VIEW_MIN <= body_size <= ASSEMBLE_MAX and size <= body_size and (
+                    size < body_size or start + size >= len(data)) and self._assembly is None:
+                # (a body that is one frame, all in this read, needs no assembly)
+                self._assembly = _Assembly(channel, body_size)
+                return self._place(frame_type, channel, size, data, start)
+        return None
+
+    def _fill_dest(self, data: bytes) -> int:
+        """Copy what ``data`` holds of the assembled frame being read into its place: the
+        offset of the frame's end octet in ``data`` (checked), or -1 while more is to come."""
+        dest = self._dest
+        assert dest is not None
+        fill = self._fill
+        need = len(dest) - fill
+        if need:
+            taken = min(need, len(data))
+            dest[fill : fill + taken] = memoryview(data)[:taken]
+            self._fill = fill + taken
+            if taken == len(data):
+                return -1
+        else:
+            taken = 0
+        if not data:
+            return -1
+        if data[taken] != c.FRAME_END:
+            self._fail()
+            raise FrameError(
+                f"type {c.FRAME_BODY}, {octets(bytes(dest))}: "
+                f"{{invalid_frame_end_marker,{data[taken]}}}"
+            )
+        return taken
+
     def _large_frame(self, data: bytes, need: int) -> Frame:
         """The large frame gathered so far, completed by the first ``need`` octets of
         ``data`` (which holds its end octet too): its payload joined in one copy."""
@@ -174,6 +327,8 @@ class FrameReader:
         self.failed = True
         self._buffer = b""
         self._parts = None
+        self._dest = None
+        self._assembly = None
 
     def _content_after(
         self, data: bytes, offset: int, end: int, channel: int
@@ -203,6 +358,22 @@ class FrameReader:
                 or size > self.frame_max or frame_end >= end or data[frame_end] != c.FRAME_END):
             return None
         return header, data[start:frame_end], frame_end + 1
+
+
+def body_of(parts: list) -> bytes:
+    """A message body from its frames' payloads, in order: the ``BodyBuffer`` they were
+    assembled in when they are all of it (no copy), else their octets joined once."""
+    first = parts[0]
+    if type(first) is memoryview:
+        whole = first.obj
+        if type(whole) is BodyBuffer and sum(map(len, parts)) == len(whole) and all(
+                type(part) is memoryview and part.obj is whole for part in parts):
+            return whole  # type: ignore[return-value]
+        if len(parts) == 1:
+            return first.tobytes()
+    elif len(parts) == 1:
+        return first
+    return b"".join(parts)
 
 
 def unfuse(payload: PublishPayload) -> list[tuple[int, bytes]]:

@@ -16,8 +16,10 @@ from leveret.protocol import constants as c
 from leveret.protocol.errors import AMQPError, FrameError
 from leveret.protocol.framing import (
     VIEW_MIN,
+    BodyBuffer,
     FrameReader,
     append_content,
+    body_of,
     gather,
     method_frame,
     unfuse,
@@ -281,3 +283,71 @@ def test_gather_keeps_the_bytes_and_large_parts(parts) -> None:
     assert [part for part in gathered if any(part is big for big in large)] == large
     assert not any(len(a) < 16 * 1024 and len(b) < 16 * 1024
                    for a, b in itertools.pairwise(gathered))
+
+
+@settings(max_examples=150, deadline=None)
+@given(large_streams(), st.lists(st.integers(1, 300_000), max_size=12), st.booleans())
+def test_buffered_reads_assemble_large_bodies_in_place(data, reads, fuse) -> None:
+    """Read as a buffered protocol (each read into what ``get_buffer`` gives, of any size),
+    the same frames come out byte for byte; a body that spans reads or frames is assembled
+    in one ``BodyBuffer`` that ``body_of`` returns whole, and no read buffer is kept."""
+    stream, expected = data
+    reader = FrameReader(FRAME_MAX, fuse_publish=fuse, assemble_bodies=True)
+    got = []
+    position = 0
+    sizes = iter([*reads, *[len(stream)] * 10_000])
+    while position < len(stream):
+        buffer = reader.get_buffer()
+        size = min(len(buffer), next(sizes), len(stream) - position)
+        buffer[:size] = stream[position : position + size]
+        position += size
+        for frame_type, channel, payload in reader.feed(reader.received(size)):
+            if frame_type == c.FRAME_PUBLISH:
+                got += [(kind, channel, part) for kind, part in unfuse(payload)]
+            else:
+                got.append((frame_type, channel, payload))
+    assert [(t, ch, bytes(p)) for t, ch, p in got] == expected
+    assert reader.pending == 0
+    bodies: list = []
+    for frame_type, _channel, payload in got:
+        if frame_type == c.FRAME_HEADER:
+            bodies.append([])
+        elif frame_type == c.FRAME_BODY:
+            bodies[-1].append(payload)
+            assert type(payload) is bytes or type(payload.obj) in (bytes, BodyBuffer)
+    for parts in bodies:
+        body = body_of(parts)
+        assert body == b"".join(bytes(part) for part in parts)
+        if all(isinstance(part, memoryview) and type(part.obj) is BodyBuffer for part in parts):
+            assert type(body) is BodyBuffer  # (an empty frame after the last may end it)
+
+
+def test_a_large_body_is_read_into_its_place() -> None:
+    """Once a body spanning reads is known, the socket reads its frames' payloads straight
+    into the body's buffer: only the 8 octets between two frames go through the scratch
+    buffer, and the body is never copied in user space."""
+    chunk = FRAME_MAX - c.FRAME_OVERHEAD
+    body = (bytes(range(256)) * 1024)[: 2 * chunk]  # two full frames at frame_max 131072
+    stream = b"".join(
+        pamqp_frame.marshal(frame, 1) for frame in (
+            make(commands.Basic.Publish, routing_key="q"), ContentHeader(body_size=len(body))))
+    first = len(stream) + 7 + 100  # the first read: up to 100 octets into the first body frame
+    for at in range(0, len(body), chunk):
+        piece = body[at : at + chunk]
+        stream += b"\x03\x00\x01" + len(piece).to_bytes(4, "big") + piece + b"\xce"
+    reader = FrameReader(FRAME_MAX, fuse_publish=True, assemble_bodies=True)
+    frames, reads, position = [], [], 0
+    while position < len(stream):
+        buffer = reader.get_buffer()
+        size = min(len(buffer), len(stream) - position, first if not reads else len(buffer))
+        buffer[:size] = stream[position : position + size]
+        position += size
+        data = reader.received(size)
+        reads.append((size, bool(data)))
+        frames += reader.feed(data)
+    assert reads == [(first, True), (chunk - 100, False), (8, True),
+                     (len(body) - chunk, False), (1, True)]
+    assert [kind for kind, _, _ in frames] == [c.FRAME_METHOD, c.FRAME_HEADER,
+                                                c.FRAME_BODY, c.FRAME_BODY]
+    assembled = body_of([payload for kind, _, payload in frames if kind == c.FRAME_BODY])
+    assert type(assembled) is BodyBuffer and assembled == body

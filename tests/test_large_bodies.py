@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import pytest
 from pamqp import commands
 from pamqp import frame as pamqp_frame
 from pamqp.header import ContentHeader, ProtocolHeader
@@ -15,7 +16,7 @@ from leveret.broker.config import BrokerConfig
 from leveret.broker.connection import Connection
 from leveret.broker.server import Broker
 from leveret.protocol import constants as c
-from leveret.protocol.framing import FrameReader
+from leveret.protocol.framing import BodyBuffer, FrameReader
 
 FRAME_MAX = 131072
 
@@ -87,10 +88,24 @@ def _bodies(stream: bytes) -> list[bytes]:
     return bodies
 
 
-async def test_queued_bodies_are_bytes_and_deliveries_byte_exact() -> None:
+def _read_buffered(connection: Connection, stream: bytes, most: int) -> None:
+    """``stream`` as a buffered-protocol transport gives it: each read at most ``most``
+    octets, into whatever ``get_buffer`` returns."""
+    at = 0
+    while at < len(stream):
+        buffer = connection.get_buffer(-1)
+        size = min(len(buffer), most, len(stream) - at)
+        buffer[:size] = stream[at : at + size]
+        connection.buffer_updated(size)
+        at += size
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["data_received", "get_buffer"])
+async def test_queued_bodies_are_their_own_and_deliveries_byte_exact(buffered: bool) -> None:
     """Bodies small and large, arriving in reads cut anywhere, sit in the queue as bytes of
-    their own (no memoryview of a read), and are delivered byte for byte, large output
-    with gathered writes."""
+    their own or (large ones spanning reads) the buffer they were assembled in, never a
+    memoryview of a read, and are delivered byte for byte, large output with gathered
+    writes."""
     broker = Broker(BrokerConfig(port=0))
     await broker.start()
     try:
@@ -99,8 +114,11 @@ async def test_queued_bodies_are_bytes_and_deliveries_byte_exact() -> None:
         sizes = [16, 5000, 70_000, FRAME_MAX - 8, FRAME_MAX, 1024 * 1024 + 3, 16]
         sent = [hashlib.shake_256(str(size).encode()).digest(size) for size in sizes]
         stream = b"".join(_publish(body) for body in sent)
-        for at in range(0, len(stream), 65_000):  # reads cut frames anywhere
-            publisher.data_received(stream[at : at + 65_000])
+        if buffered:
+            _read_buffered(publisher, stream, 65_000)
+        else:
+            for at in range(0, len(stream), 65_000):  # reads cut frames anywhere
+                publisher.data_received(stream[at : at + 65_000])
         lone = hashlib.shake_256(b"lone").digest(70_000)  # its body frame alone in a read
         sent.append(lone)
         whole = _publish(lone)
@@ -110,7 +128,8 @@ async def test_queued_bodies_are_bytes_and_deliveries_byte_exact() -> None:
         queue = broker.vhosts["/"].queues["q"]
         assert queue.message_count == len(sent)
         held = [entry.message.body for entry in queue.ready.peek(len(sent))]  # type: ignore[union-attr]
-        assert [type(body) for body in held] == [bytes] * len(sent)
+        assert {type(body) for body in held} <= {bytes, BodyBuffer}
+        assert [type(body) for body in held[4:6]] == [BodyBuffer] * 2  # multi-frame bodies
         assert held == sent
         consumer, transport = await _connect(broker)
         consumer.data_received(_frames(

@@ -383,7 +383,7 @@ def test_exchange_put_and_delete(api: Api, vhost: str) -> None:
     assert (shown["durable"], shown["auto_delete"], shown["internal"], shown["arguments"]) == (
         False, True, True, {"a": 1})
     assert api.put(f"/api/exchanges/{v}/z", {"type": "nope"}).json["reason"] == (
-        "invalid exchange type 'nope'")
+        "unknown exchange type 'nope'")
     api.ok("PUT", f"/api/queues/{v}/bound")
     api.ok("POST", f"/api/bindings/{v}/e/x/q/bound", {"routing_key": "k"})
     assert api.delete(f"/api/exchanges/{v}/x?if-unused=true").json["reason"] == (

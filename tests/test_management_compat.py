@@ -207,7 +207,10 @@ WRITES: list[tuple[str, str, Any, int, Any]] = [
     ("PUT", "/api/exchanges/{v}/x1", {"type": "direct"}, 400,
      "inequivalent arg 'type' for exchange 'x1' in vhost '{vhost}': received 'direct' but "
      "current is 'topic'"),
-    ("PUT", "/api/exchanges/{v}/x2", {"type": "bogus"}, 400, "invalid exchange type 'bogus'"),
+    # RabbitMQ says "invalid" once some earlier request made the name an atom, "unknown"
+    # on a fresh node (as Leveret does, here and in exchange.declare)
+    ("PUT", "/api/exchanges/{v}/x2", {"type": "bogus"}, 400,
+     {"unknown exchange type 'bogus'", "invalid exchange type 'bogus'"}),
     ("PUT", "/api/exchanges/{v}/x2", {"type": "direct", "durable": "maybe"}, 400,
      ["not_boolean", "maybe"]),
     ("PUT", "/api/exchanges/{v}/amq.x", {"type": "direct"}, 401, "Access refused."),
@@ -284,6 +287,8 @@ def test_write_status_codes_and_reasons(target: Target, vhost: str) -> None:
         answer = target.api.call(method, url, body)
         got = answer.json.get("reason") if reason is not None and answer.text else None
         expected = reason.replace("{vhost}", vhost) if isinstance(reason, str) else reason
+        if isinstance(expected, set):  # either wording
+            expected = got if got in expected else expected
         assert (answer.status, got) == (status, expected), f"{method} {url}: {answer.text}"
     binding = target.api.call("POST", f"/api/bindings/{q(vhost)}/e/amq.direct/q/aliveness-test",
                               {"routing_key": "a/b"})

@@ -307,7 +307,7 @@ async def put_exchange(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     type_ = data.get("type") or "direct"
     if type_ not in BUILTIN_TYPES and type_ != DELAYED_TYPE:
-        raise bad_request(f"invalid exchange type '{type_}'")
+        raise bad_request(f"unknown exchange type '{type_}'")
     durable_, auto_delete = flag(data, "durable"), flag(data, "auto_delete")
     internal, arguments = flag(data, "internal"), table(data)
     if name == "amq.default":
