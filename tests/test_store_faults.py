@@ -694,3 +694,52 @@ def test_a_record_damaged_after_recovery_costs_that_message_only(
     expected = [f"body-{i:05d}".encode() for i in range(3000) if i != 1500]
     assert got == expected
     assert any("lost a stored message" in r.getMessage() for r in caplog.records)
+
+
+# -- steps nobody waits for ---------------------------------------------------------------
+def test_steps_nobody_waits_for_share_an_fsync(data: Path, io: FaultyIO) -> None:
+    """Publishes without confirms (Celery's traffic, one message per write) are gathered for
+    UNWATCHED_SYNC_DELAY into one group commit instead of an fsync each."""
+    with EmbeddedBroker(data_dir=data, store_io=io) as broker:
+        conn = _connect(broker.url)
+        channel = conn.channel()
+        channel.queue_declare("q", durable=True)
+        time.sleep(0.1)
+        before = io.fsyncs
+        for index in range(200):
+            channel.basic_publish("", "q", str(index).encode(), PERSISTENT)
+            time.sleep(0.001)  # one publish per read, as a task producer sends them
+        assert _wait(lambda: io.fsyncs > before)
+        time.sleep(0.1)
+        assert io.fsyncs - before <= 200 // 4, io.fsyncs - before
+        assert channel.queue_declare("q", passive=True).method.message_count == 200
+        conn.close()
+    assert sorted(_drain_after_restart(data, "q")) == sorted(str(i).encode() for i in range(200))
+
+
+def _drain_after_restart(data: Path, queue: str) -> list[bytes]:
+    with EmbeddedBroker(data_dir=data) as broker:
+        return _drain(broker.url, queue)
+
+
+def test_a_waiter_sends_the_unhurried_group_commit_at_once(
+        data: Path, io: FaultyIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the unhurried delay made 10 s: a publish without confirm waits for it, and a
+    confirm that comes next has it all written and fsynced at once (within 2 s)."""
+    monkeypatch.setattr("leveret.broker.store.store.UNWATCHED_SYNC_DELAY", 10.0)
+    with EmbeddedBroker(data_dir=data, store_io=io) as broker:
+        conn = _connect(broker.url)
+        channel = conn.channel()
+        channel.queue_declare("q", durable=True)  # (its declare-ok waited for its fsync)
+        before = io.fsyncs
+        channel.basic_publish("", "q", b"unconfirmed", PERSISTENT)
+        time.sleep(0.5)
+        assert io.fsyncs == before  # nobody waits: it gathers
+        confirming = conn.channel()
+        confirming.confirm_delivery()
+        started = time.monotonic()
+        confirming.basic_publish("", "q", b"confirmed", PERSISTENT)  # returns once confirmed
+        assert time.monotonic() - started < 2.0
+        assert io.fsyncs > before
+        conn.close()
+    assert sorted(_drain_after_restart(data, "q")) == [b"confirmed", b"unconfirmed"]
