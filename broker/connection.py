@@ -143,8 +143,9 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.state = AWAIT_HEADER
+        # (bodies are assembled in place once the client is logged in: see _open)
         self.reader = FrameReader(frame_max=self.config.frame_max, fuse_publish=True,
-                                  assemble_bodies=True, scratch=broker.receive_buffer)
+                                  scratch=broker.receive_buffer)
         self._header_buffer = b""
         self.out: list[bytes] = []
         self._out_full = False
@@ -583,6 +584,9 @@ class Connection(asyncio.BufferedProtocol):
         self.vhost = vhost
         self.authz = Authorizer(access, self.username, vhost.name)
         self.state = OPEN
+        # A body's buffer is allocated at its first frame (up to ASSEMBLE_MAX): never for
+        # a client that has not logged in.
+        self.reader.assemble_bodies = True
         self.send_method(0, make(commands.Connection.OpenOk, known_hosts=""))
         if self._timer is not None:
             self._timer.cancel()

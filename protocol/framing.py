@@ -12,7 +12,7 @@ octets that arrived whole in one read is handed out as a memoryview slice of tha
 frame of at least ``VIEW_MIN`` octets that spans reads is gathered as a list of the reads
 (never re-concatenated with each read) and joined once when its last octet arrives. A
 memoryview keeps its whole read alive: the receiver must copy it (``bytes``) before keeping
-it beyond the current message (the channel joins a body's frames into one bytes object).
+it beyond the current message (the channel makes a body's frames one object: ``body_of``).
 
 With ``assemble_bodies``, a body of ``VIEW_MIN`` to ``ASSEMBLE_MAX`` octets that does not
 arrive in one read is assembled in place: from its first body frame on, the reader writes the
@@ -108,7 +108,8 @@ class FrameReader:
         self._fill = 0  # how much of it is filled
         self._assembly: _Assembly | None = None  # the body being assembled, while it takes frames
         self._announced = (-1, 0)  # the last content header's (channel, body size)
-        self._scratch = memoryview(scratch if scratch is not None else bytearray(RECEIVE_BUFFER))
+        # where reads go (get_buffer): shared by a broker's connections, made when first used
+        self._scratch = memoryview(scratch) if scratch is not None else None
         self._direct = False  # the last get_buffer handed out self._dest
         self.frame_max = frame_max
         self.fuse_publish = fuse_publish
@@ -130,15 +131,16 @@ class FrameReader:
         frame end and the next frame header while a body being assembled expects more, so
         that its next frame's payload is read into place too)."""
         dest = self._dest
-        if dest is not None:
-            if self._fill < len(dest):
-                self._direct = True
-                return dest[self._fill :]
-            if self._assembly is not None:
-                self._direct = False
-                return self._scratch[: 1 + c.FRAME_HEADER_SIZE]
+        if dest is not None and self._fill < len(dest):
+            self._direct = True
+            return dest[self._fill :]
         self._direct = False
-        return self._scratch
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = memoryview(bytearray(RECEIVE_BUFFER))
+        if dest is not None and self._assembly is not None:
+            return scratch[: 1 + c.FRAME_HEADER_SIZE]
+        return scratch
 
     def received(self, nbytes: int) -> bytes:
         """``nbytes`` were read into the last ``get_buffer``: the octets to ``feed`` (b"" when
@@ -147,7 +149,7 @@ class FrameReader:
             self._direct = False
             self._fill += nbytes
             return b""
-        return self._scratch[:nbytes].tobytes()
+        return self._scratch[:nbytes].tobytes()  # type: ignore[index]
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Add ``data`` and yield each complete frame now available, in order."""

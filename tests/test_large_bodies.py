@@ -148,3 +148,20 @@ async def test_queued_bodies_are_their_own_and_deliveries_byte_exact(buffered: b
 def test_small_output_is_joined() -> None:
     """The gathered write is for large bodies only."""
     assert connection_module.GATHER_MIN >= 16 * 1024
+
+
+async def test_bodies_are_assembled_only_after_login() -> None:
+    """Before connection.open succeeded no body buffer is ever allocated (a content header
+    could otherwise announce ASSEMBLE_MAX octets for the price of a few frames)."""
+    broker = Broker(BrokerConfig(port=0))
+    await broker.start()
+    try:
+        connection = Connection(broker)
+        connection.connection_made(Transport())  # type: ignore[arg-type]
+        assert connection.reader.assemble_bodies is False
+        connection.data_received(ProtocolHeader().marshal())
+        assert connection.reader.assemble_bodies is False
+        opened, _ = await _connect(broker)
+        assert opened.reader.assemble_bodies is True
+    finally:
+        await broker.stop()
