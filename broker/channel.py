@@ -26,8 +26,9 @@ from leveret.broker.stats import MessageStats, RateWindow
 from leveret.protocol import constants as c
 from leveret.protocol import errors, fastpath
 from leveret.protocol.framing import body_of, method_frame
+from leveret.protocol.header_memo import HeaderChecker
 from leveret.protocol.methods import decode_method, make, method_index
-from leveret.protocol.validate import check_content_header, decode_properties
+from leveret.protocol.validate import decode_properties
 
 if TYPE_CHECKING:
     from leveret.broker.connection import Connection
@@ -133,6 +134,7 @@ class Channel:
         self._access_generation = self._access.generation
         # headers accepted with nothing to note, with their (flags, persistent)
         self._plain_headers: dict[bytes, tuple[int, bool]] = {}
+        self._header_checker = HeaderChecker()  # headers that differ in their strings only
 
     @property
     def stats(self) -> MessageStats:
@@ -303,7 +305,7 @@ class Channel:
             )
         # A header that does not decode is refused before anything of it is kept: RabbitMQ
         # 3.10.8 closes the connection with 541 INTERNAL_ERROR; this says what it is (502).
-        check_content_header(payload)
+        self._header_checker.check(payload)
         if flags & (fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION):
             self._check_properties(payload)
         if flags & fastpath.FLAG_REPLY_TO:

@@ -1,0 +1,108 @@
+"""Content headers checked once per shape, for traffic whose properties change every message.
+
+Task messages (Celery's, kombu's) carry new ids in every content header, so no header repeats
+and each would be walked field by field (``validate.check_content_header``). But the header's
+*shape* repeats: the property flags, every length, every field name and type tag. Only the
+contents of strings differ, and those do not change whether or how a header parses (strings
+are bytes: RabbitMQ accepts any octets in them).
+
+``HeaderChecker`` remembers, per header length, one well-formed header as an integer and a
+mask of its shape's octets: everything but the body size, and the contents of its shortstr
+properties and of the longstr and byte-array values at the top level of its headers table.
+A header of that length whose octets agree with it under the mask has the same shape, so it
+is well formed too: two big-integer operations instead of a walk. Any other header is
+checked in full, and remembered if it is well formed.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from leveret.protocol.validate import check_content_header
+
+_L_unpack = struct.Struct(">L").unpack_from
+
+# Bytes after the type tag of the fixed-size field values (RabbitMQ's types).
+_FIXED = {ord(tag): size for tag, size in (
+    ("t", 1), ("b", 1), ("B", 1), ("s", 2), ("u", 2), ("I", 4), ("i", 4), ("l", 8), ("L", 8),
+    ("f", 4), ("d", 8), ("D", 5), ("T", 8), ("V", 0))}
+_STRINGS = (ord("S"), ord("x"))  # a long string or byte array: its contents are free
+_NESTED = (ord("F"), ord("A"))  # a table or array inside: all shape
+# The property flags in order, and whether each is a shortstr (its contents free); the
+# others are: headers (the table, walked), delivery-mode and priority (1 octet), timestamp (8).
+_PROPERTIES = ((0x8000, True), (0x4000, True), (0x2000, False), (0x1000, False),
+               (0x0800, False), (0x0400, True), (0x0200, True), (0x0100, True), (0x0080, True),
+               (0x0040, False), (0x0020, True), (0x0010, True), (0x0008, True), (0x0004, True))
+
+MEMO_LENGTHS = 8
+"""Header lengths remembered per checker (all forgotten when one more comes)."""
+MEMO_MAX = 4096
+"""Longer headers are always checked in full."""
+
+
+def string_spans(payload: bytes) -> list[tuple[int, int]]:
+    """The (start, end) spans of a **well-formed** content header (checked before) whose
+    octets are string contents: its shortstr properties and the longstr and byte-array
+    values at the top level of its headers table."""
+    spans = []
+    flags = (payload[12] << 8) | payload[13]
+    at = 14
+    for flag, shortstr in _PROPERTIES:
+        if not flags & flag:
+            continue
+        if shortstr:
+            size = payload[at]
+            if size:
+                spans.append((at + 1, at + 1 + size))
+            at += 1 + size
+        elif flag == 0x2000:  # headers
+            end = at + 4 + _L_unpack(payload, at)[0]
+            at += 4
+            while at < end:
+                at += 1 + payload[at]  # the field name: shape
+                tag = payload[at]
+                fixed = _FIXED.get(tag)
+                if fixed is not None:
+                    at += 1 + fixed
+                else:  # S, x, F or A: a 4-byte length, then the value
+                    size = _L_unpack(payload, at + 1)[0]
+                    if tag in _STRINGS and size:
+                        spans.append((at + 5, at + 5 + size))
+                    at += 5 + size
+        elif flag == 0x0040:  # timestamp
+            at += 8
+        else:  # delivery-mode, priority
+            at += 1
+    return spans
+
+
+def shape_mask(length: int, spans: list[tuple[int, int]]) -> int:
+    """The mask, over a header of ``length`` octets read as a big-endian integer, of every
+    octet outside ``spans``."""
+    mask = (1 << (8 * length)) - 1
+    for start, end in spans:
+        mask ^= ((1 << (8 * (end - start))) - 1) << (8 * (length - end))
+    return mask
+
+
+class HeaderChecker:
+    """``check_content_header`` with a memory of the shapes it found well formed."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int, int]] = {}  # length -> (a header, its shape mask)
+
+    def check(self, payload: bytes) -> None:
+        """Raise ``SyntaxError_`` unless ``payload`` is a well-formed basic content header."""
+        length = len(payload)
+        known = self._known.get(length)
+        if known is not None and not (int.from_bytes(payload, "big") ^ known[0]) & known[1]:
+            return  # the shape of a header already checked
+        check_content_header(payload)
+        if length <= MEMO_MAX:
+            if len(self._known) >= MEMO_LENGTHS and known is None:
+                self._known.clear()
+            # the body size (octets 4-12) is the caller's to check: free, like the strings
+            spans = [(4, 12), *string_spans(payload)]
+            self._known[length] = (int.from_bytes(payload, "big"), shape_mask(length, spans))
