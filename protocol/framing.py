@@ -206,11 +206,8 @@ class FrameReader:
                             offset = end
                             break
                         if data[frame_end] != c.FRAME_END:
-                            self._fail()
-                            raise FrameError(
-                                f"type {frame_type}, {octets(data[start:frame_end])}: "
-                                f"{{invalid_frame_end_marker,{data[frame_end]}}}"
-                            )
+                            raise self._bad_end(frame_type, data[start:frame_end],
+                                                data[frame_end])
                         place[:] = view[start:frame_end]
                         offset = frame_end + 1
                         yield frame_type, channel, place  # type: ignore[misc]
@@ -226,11 +223,7 @@ class FrameReader:
                         offset = end
                     break
                 if data[frame_end] != c.FRAME_END:
-                    self._fail()
-                    raise FrameError(
-                        f"type {frame_type}, {octets(data[start:frame_end])}: "
-                        f"{{invalid_frame_end_marker,{data[frame_end]}}}"
-                    )
+                    raise self._bad_end(frame_type, data[start:frame_end], data[frame_end])
                 if size >= VIEW_MIN and frame_type == c.FRAME_BODY:
                     if view is None:
                         view = memoryview(data)
@@ -299,11 +292,7 @@ class FrameReader:
         if not data:
             return -1
         if data[taken] != c.FRAME_END:
-            self._fail()
-            raise FrameError(
-                f"type {c.FRAME_BODY}, {octets(bytes(dest))}: "
-                f"{{invalid_frame_end_marker,{data[taken]}}}"
-            )
+            raise self._bad_end(c.FRAME_BODY, bytes(dest), data[taken])
         return taken
 
     def _large_frame(self, data: bytes, need: int) -> Frame:
@@ -317,12 +306,14 @@ class FrameReader:
             parts.append(memoryview(data)[:need])
         payload = b"".join(parts)
         if data[need] != c.FRAME_END:
-            self._fail()
-            raise FrameError(
-                f"type {frame_type}, {octets(payload)}: "
-                f"{{invalid_frame_end_marker,{data[need]}}}"
-            )
+            raise self._bad_end(frame_type, payload, data[need])
         return frame_type, channel, payload
+
+    def _bad_end(self, frame_type: int, payload: bytes, octet: int) -> FrameError:
+        """A frame's end octet is wrong: the reader has lost sync (RabbitMQ's words)."""
+        self._fail()
+        return FrameError(
+            f"type {frame_type}, {octets(payload)}: {{invalid_frame_end_marker,{octet}}}")
 
     def _fail(self) -> None:
         """Lost sync with the stream: nothing more can be read from it."""

@@ -34,10 +34,13 @@ _PROPERTIES = ((0x8000, True), (0x4000, True), (0x2000, False), (0x1000, False),
                (0x0800, False), (0x0400, True), (0x0200, True), (0x0100, True), (0x0080, True),
                (0x0040, False), (0x0020, True), (0x0010, True), (0x0008, True), (0x0004, True))
 
-MEMO_LENGTHS = 8
+MEMO_LENGTHS = 4
 """Header lengths remembered per checker (all forgotten when one more comes)."""
-MEMO_MAX = 4096
-"""Longer headers are always checked in full."""
+MEMO_MAX = 2048
+"""Longer headers are always checked in full (a checker holds at most 16 KB)."""
+MEMO_BACKOFF_MAX = 64
+"""At most this many headers are checked in full, without the memory, after a remembered
+shape failed to repeat (the wait doubles with each such miss)."""
 
 
 def string_spans(payload: bytes) -> list[tuple[int, int]]:
@@ -88,18 +91,29 @@ def shape_mask(length: int, spans: list[tuple[int, int]]) -> int:
 class HeaderChecker:
     """``check_content_header`` with a memory of the shapes it found well formed."""
 
-    __slots__ = ("_known",)
+    __slots__ = ("_backoff", "_known", "_wait")
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[int, int]] = {}  # length -> (a header, its shape mask)
+        self._backoff = 0  # headers checked in full after a shape that did not repeat...
+        self._wait = 0  # ...and how many of those are still to come
 
     def check(self, payload: bytes) -> None:
         """Raise ``SyntaxError_`` unless ``payload`` is a well-formed basic content header."""
+        if self._wait:  # remembered shapes have not been repeating: check in full a while
+            self._wait -= 1
+            check_content_header(payload)
+            return
         length = len(payload)
         known = self._known.get(length)
         if known is not None and not (int.from_bytes(payload, "big") ^ known[0]) & known[1]:
+            self._backoff = 0
             return  # the shape of a header already checked
         check_content_header(payload)
+        if known is not None:
+            # A shape that did not repeat (a client whose headers table is a hash map sends
+            # its fields in a new order every time): try the memory less and less often.
+            self._backoff = self._wait = min(2 * self._backoff + 1, MEMO_BACKOFF_MAX)
         if length <= MEMO_MAX:
             if len(self._known) >= MEMO_LENGTHS and known is None:
                 self._known.clear()

@@ -76,3 +76,27 @@ def test_task_headers_are_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:
     broken[13] |= 0x04  # a cluster-id flag: a shortstr more than the octets hold
     assert not _verdict(checker.check, bytes(broken))
     assert len(walked) == 3  # a shape not seen: walked, and refused
+
+
+def test_shapes_that_never_repeat_cost_little(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client whose headers table comes in a new order every time (a Go map): the memory
+    is tried less and less often (at most every MEMO_BACKOFF_MAX + 1 headers), and used
+    again once shapes repeat."""
+    learned = []
+    monkeypatch.setattr(header_memo, "string_spans",
+                        lambda payload: learned.append(1) or string_spans(payload))
+
+    def shape(number: int, field: str) -> bytes:
+        return ContentHeader(0, 1, commands.Basic.Properties(
+            message_id=f"{number:08d}", headers={field: None, "task": "t"})).marshal()
+
+    checker = HeaderChecker()
+    for number in range(1000):
+        checker.check(shape(number, f"k{number:04d}"))  # a new field name each time
+    assert len(learned) <= 1000 // (header_memo.MEMO_BACKOFF_MAX + 1) + 8
+    walked = []
+    monkeypatch.setattr(header_memo, "check_content_header",
+                        lambda payload: walked.append(1) or check_content_header(payload))
+    for number in range(200):
+        checker.check(shape(number, "same"))
+    assert len(walked) <= header_memo.MEMO_BACKOFF_MAX + 1
