@@ -68,7 +68,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "temp dir, instead of the working tree",
     )
     ap.add_argument(
-        "--profile", action="store_true", help="record Leveret with py-spy during each Leveret run"
+        "--profile", action="store_true",
+        help="record Leveret with py-spy during each Leveret amqp-perf run (the built-in "
+             "scenarios h, i and j are not profiled: attach py-spy by hand)",
     )
     ap.add_argument("--profile-rate", type=int, default=200)
     for sc in REGISTRY.values():
