@@ -193,3 +193,21 @@ def test_tls_below_1_2_is_refused(tls_broker: Any, certs: Certificates) -> None:
     with (socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
           pytest.raises((ssl.SSLError, ConnectionResetError))):
         context.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_large_bodies_over_tls_arrive_byte_for_byte(tls_broker: Any,
+                                                   certs: Certificates) -> None:
+    """Bodies of many frames come through TLS's buffered reads into their place intact."""
+    bodies = [bytes(range(256)) * (size // 256) + b"end" for size in (70_000, 300_000, 1 << 20)]
+    connection = pika.BlockingConnection(pika_params(tls_broker.broker.tls_port,
+                                                     client_context(certs)))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("tls-large", exclusive=True)
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish("", "tls-large", body)
+        got = [channel.basic_get("tls-large", auto_ack=True)[2] for _ in bodies]
+        assert got == bodies
+    finally:
+        connection.close()
