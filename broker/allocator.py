@@ -37,13 +37,12 @@ def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        os.confstr("CS_GNU_LIBC_VERSION")  # ValueError or None on musl and others
+        if not os.confstr("CS_GNU_LIBC_VERSION"):  # None (or ValueError) off glibc
+            return None
         libc = ctypes.CDLL(None)
         libc.mallopt  # noqa: B018  (present)
         libc.malloc_trim  # noqa: B018
     except (ValueError, OSError, AttributeError):
-        return None
-    if not os.confstr("CS_GNU_LIBC_VERSION"):
         return None
     return libc
 

@@ -262,14 +262,15 @@ class Connection(asyncio.BufferedProtocol):
         if data:
             self.data_received(data)
         else:  # read into a body's place: nothing to parse yet
-            self.last_received = time.monotonic()
-            self.recv_oct += nbytes
-            self.recv_cnt += 1
+            self._count_read(nbytes)
+
+    def _count_read(self, nbytes: int) -> None:
+        self.last_received = time.monotonic()
+        self.recv_oct += nbytes
+        self.recv_cnt += 1
 
     def data_received(self, data: bytes) -> None:
-        self.last_received = time.monotonic()
-        self.recv_oct += len(data)
-        self.recv_cnt += 1
+        self._count_read(len(data))
         if self.state == AWAIT_HEADER:
             data = self._read_protocol_header(data)
             if not data:

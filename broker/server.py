@@ -240,13 +240,14 @@ class Broker:
                 store is not None and store.failed)
             self._set_alarm(DISK_ALARM, low_disk, f"{free} bytes free, limit "
                             f"{config.disk_free_limit}")
+        limit = config.memory_high_watermark
         rss = resident_memory()
-        if config.memory_high_watermark and rss is not None and rss > config.memory_high_watermark:
-            release_free_memory()  # what the allocator keeps for reuse is not in use
-            rss = resident_memory()
-        if config.memory_high_watermark and rss is not None:
-            self._set_alarm(MEMORY_ALARM, rss > config.memory_high_watermark,
-                            f"resident memory {rss} bytes, limit {config.memory_high_watermark}")
+        if limit and rss is not None:
+            if rss > limit:  # what the allocator keeps for reuse is not in use: give it back
+                release_free_memory()
+                rss = resident_memory() or rss
+            self._set_alarm(MEMORY_ALARM, rss > limit,
+                            f"resident memory {rss} bytes, limit {limit}")
 
     def _set_alarm(self, alarm: str, on: bool, detail: str) -> None:
         if on and alarm not in self.alarms:

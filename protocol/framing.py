@@ -192,28 +192,18 @@ class FrameReader:
                     )
                 start = offset + header_size
                 frame_end = start + size
+                place = None  # an assembled body's frame: its slice of the body's buffer
                 if self.assemble_bodies and (frame_type == c.FRAME_BODY or self._assembly
                                              is not None or frame_type == c.FRAME_HEADER):
                     place = self._place(frame_type, channel, size, data, start)
-                    if place is not None:  # an assembled body's frame
-                        if view is None:
-                            view = memoryview(data)
-                        if frame_end >= end:  # the rest is to come
-                            place[: end - start] = view[start:end]
-                            self._large = (frame_type, channel, size)
-                            self._dest = place
-                            self._fill = end - start
-                            offset = end
-                            break
-                        if data[frame_end] != c.FRAME_END:
-                            raise self._bad_end(frame_type, data[start:frame_end],
-                                                data[frame_end])
-                        place[:] = view[start:frame_end]
-                        offset = frame_end + 1
-                        yield frame_type, channel, place  # type: ignore[misc]
-                        continue
-                if frame_end >= end:
-                    if size >= VIEW_MIN and min_payload[frame_type] < _NEVER:
+                if frame_end >= end:  # the rest is to come
+                    if place is not None:  # read into its place
+                        place[: end - start] = memoryview(data)[start:end]
+                        self._large = (frame_type, channel, size)
+                        self._dest = place
+                        self._fill = end - start
+                        offset = end
+                    elif size >= VIEW_MIN and min_payload[frame_type] < _NEVER:
                         # a large frame: its reads are gathered until it is whole
                         if view is None:
                             view = memoryview(data)
@@ -224,7 +214,10 @@ class FrameReader:
                     break
                 if data[frame_end] != c.FRAME_END:
                     raise self._bad_end(frame_type, data[start:frame_end], data[frame_end])
-                if size >= VIEW_MIN and frame_type == c.FRAME_BODY:
+                if place is not None:
+                    place[:] = memoryview(data)[start:frame_end]
+                    payload = place
+                elif size >= VIEW_MIN and frame_type == c.FRAME_BODY:
                     if view is None:
                         view = memoryview(data)
                     payload = view[start:frame_end]

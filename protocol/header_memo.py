@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import struct
 
-from leveret.protocol.validate import check_content_header
+from leveret.protocol.validate import FIXED_SIZES, check_content_header
 
 _L_unpack = struct.Struct(">L").unpack_from
 
-# Bytes after the type tag of the fixed-size field values (RabbitMQ's types).
-_FIXED = {ord(tag): size for tag, size in (
-    ("t", 1), ("b", 1), ("B", 1), ("s", 2), ("u", 2), ("I", 4), ("i", 4), ("l", 8), ("L", 8),
-    ("f", 4), ("d", 8), ("D", 5), ("T", 8), ("V", 0))}
+_FIXED = {ord(tag): size for tag, size in FIXED_SIZES.items()}  # by tag byte
 _STRINGS = (ord("S"), ord("x"))  # a long string or byte array: its contents are free
 _NESTED = (ord("F"), ord("A"))  # a table or array inside: all shape
 # The property flags in order, and whether each is a shortstr (its contents free); the

@@ -49,14 +49,14 @@ _fromtimestamp = datetime.datetime.fromtimestamp
 _Properties = commands.Basic.Properties
 
 # The value types RabbitMQ parses, with the bytes a value takes after its type tag.
-_FIXED = {"t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4, "l": 8, "L": 8, "f": 4,
-          "d": 8, "D": 5, "T": 8, "V": 0}
+FIXED_SIZES = {"t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4, "l": 8, "L": 8,
+               "f": 4, "d": 8, "D": 5, "T": 8, "V": 0}
 # Codes for the other types: a 4-byte length and that many bytes (S, x), or of items (F, A);
 # floats, which must also be finite; and the tags RabbitMQ refuses.
 _UNKNOWN, _LONGSTR, _TABLE, _ARRAY, _FLOAT, _DOUBLE = -1, -2, -3, -4, -5, -6
 _CODES = {"S": _LONGSTR, "x": _LONGSTR, "F": _TABLE, "A": _ARRAY, "f": _FLOAT, "d": _DOUBLE}
 # Per tag byte: the value size of a fixed-size type, else its code.
-_SIZE = tuple(_CODES.get(chr(tag), _FIXED.get(chr(tag), _UNKNOWN)) for tag in range(256))
+_SIZE = tuple(_CODES.get(chr(tag), FIXED_SIZES.get(chr(tag), _UNKNOWN)) for tag in range(256))
 # Per tag byte: the bytes a fixed-size value takes with its tag, else the code.
 _STEP = tuple(size + 1 if size >= 0 else size for size in _SIZE)
 # Value structs of the numeric types, as pamqp decodes them ('L' is signed, as in RabbitMQ).
@@ -89,7 +89,7 @@ def _item_error(buf: bytes, at: int, end: int, item: int, table: bool, where: st
     code = _SIZE[tag]
     if code == _UNKNOWN:
         return _table_error(where, f"unknown field type '{_tag_text(tag)}' at byte {at}")
-    if code <= _FLOAT and at + _FIXED[chr(tag)] < end and not _finite(buf, at + 1, code):
+    if code <= _FLOAT and at + FIXED_SIZES[chr(tag)] < end and not _finite(buf, at + 1, code):
         return _table_error(where, f"value of type '{chr(tag)}' at byte {at} is not finite")
     return _table_error(
         where, f"value of type '{chr(tag)}' at byte {at} runs past the end of the {container}"
@@ -338,7 +338,7 @@ def _text(raw: bytes) -> str | bytes:
 # many bytes, a struct unpack_from for the numeric kind); None for an unknown tag.
 _STR, _VOID, _NUM, _BOOL, _NEST, _STAMP, _DEC, _BYTES, _REAL = range(9)
 _KIND: tuple[tuple[int, int, Any] | None, ...] = tuple(
-    (_REAL, _FIXED[chr(tag)], _NUMERIC[tag]) if tag in (0x66, 0x64)  # f d
+    (_REAL, FIXED_SIZES[chr(tag)], _NUMERIC[tag]) if tag in (0x66, 0x64)  # f d
     else (_NUM, _SIZE[tag], _NUMERIC[tag]) if tag in _NUMERIC
     else (_STR, -1, None) if tag == 0x53  # S
     else (_VOID, 0, None) if tag == 0x56  # V
