@@ -35,8 +35,9 @@ def _rss_kb(pid: int, field: str = "VmRSS") -> int:
 
 @pytest.mark.timeout(120)
 def test_publisher_and_consumer_on_one_connection_never_deadlock(tmp_path: Path) -> None:
-    """pika's single-connection app: 100,000 messages published past the flow limit while
-    the same connection consumes slowly; everything arrives and memory stays bounded."""
+    """pika's single-connection app: 30,000 messages (three times the queue's flow limit of
+    10,000 ready) published while the same connection consumes slowly; everything arrives
+    and memory stays bounded. (The deadlock it guards against stopped at 12 of 15,000.)"""
     broker = BrokerProcess(tmp_path / "data")
     broker.start()
     try:
@@ -51,7 +52,7 @@ def test_publisher_and_consumer_on_one_connection_never_deadlock(tmp_path: Path)
             channel.basic_ack(method.delivery_tag)
 
         ch.basic_consume("one-conn", on_message)
-        total = 100_000
+        total = 30_000
         body = b"x" * 64
         for index in range(total):
             ch.basic_publish("", "one-conn", body)
@@ -63,7 +64,7 @@ def test_publisher_and_consumer_on_one_connection_never_deadlock(tmp_path: Path)
         peak_mb = _rss_kb(broker.process.pid, "VmHWM") / 1024  # type: ignore[union-attr]
         assert received[0] == total, f"only {received[0]} of {total} delivered"
         assert peak_mb < 250, f"broker peak RSS {peak_mb:.0f} MB"
-        print(f"\none connection, 100k messages: broker peak RSS {peak_mb:.0f} MB")
+        print(f"\none connection, {total} messages: broker peak RSS {peak_mb:.0f} MB")
         conn.close()
     finally:
         broker.stop()
@@ -273,8 +274,9 @@ def test_a_client_that_reads_nothing_is_dropped_after_the_write_timeout(
 
 # -- memory per channel ---------------------------------------------------------------------
 def test_channel_bookkeeping_follows_outstanding_deliveries_not_traffic() -> None:
-    """One old delivery stays unacked while 50,000 more come and are acked: every
-    per-channel structure stays small (it once kept one entry per delivery)."""
+    """One old delivery stays unacked while 10,000 more come and are acked: every
+    per-channel structure stays small, under 600 entries with a prefetch of 500 (it once
+    kept one entry per delivery)."""
     with EmbeddedBroker() as embedded:
         conn = pika.BlockingConnection(pika.URLParameters(embedded.url))
         ch = conn.channel()
@@ -291,12 +293,13 @@ def test_channel_bookkeeping_follows_outstanding_deliveries_not_traffic() -> Non
             channel.basic_ack(method.delivery_tag)
 
         ch.basic_consume(timed, on_message)
-        for _ in range(50_000):
+        total = 10_000
+        for _ in range(total):
             ch.basic_publish("", timed, b"n")
         deadline = time.monotonic() + 60
-        while done[0] < 50_000 and time.monotonic() < deadline:
+        while done[0] < total and time.monotonic() < deadline:
             conn.process_data_events(time_limit=0.1)
-        assert done[0] == 50_000
+        assert done[0] == total
         ch.queue_declare(timed, passive=True)  # a round trip: the acks before it are in
         channel = next(iter(next(iter(embedded.broker.connections)).channels.values()))
         sizes = {name: len(value) for name, value in vars(channel).items()
