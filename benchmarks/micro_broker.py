@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import random
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from pamqp import commands
+from pamqp import commands, encode
 from pamqp import frame as pamqp_frame
 from pamqp.header import ContentHeader, ProtocolHeader
 
@@ -103,21 +106,45 @@ def reads(data: bytes, read_size: int) -> list[bytes]:
     return [data[at : at + read_size] for at in range(0, len(data), read_size)]
 
 
-def task_properties(seq: int, persistent: bool) -> commands.Basic.Properties:
-    """amqp-perf's ``--task-props``: new ids and headers for every message."""
+def task_properties(seq: int, persistent: bool, shuffle: bool = False
+                    ) -> commands.Basic.Properties:
+    """amqp-perf's ``--task-props``: new ids and headers for every message (with ``shuffle``,
+    the headers table's fields in a new order each time, as amqp-perf's Go map sends them)."""
     ident = f"00000000-{seq >> 32 & 0xFFFF:04x}-4000-8000-{seq:012x}"
+    headers = {"lang": "py", "task": "tasks.add", "id": ident, "root_id": ident,
+               "parent_id": None, "group": None, "retries": 0, "eta": None,
+               "expires": None, "argsrepr": "(2, 2)", "kwargsrepr": "{}",
+               "origin": "gen1@perf", "ignore_result": False}
+    if shuffle:
+        fields = list(headers.items())
+        random.Random(seq).shuffle(fields)
+        headers = dict(fields)  # encoded in this order: see unsorted_tables()
     return commands.Basic.Properties(
         content_type="application/json", content_encoding="utf-8", message_id=ident,
         correlation_id=ident, priority=0, delivery_mode=2 if persistent else None,
-        headers={"lang": "py", "task": "tasks.add", "id": ident, "root_id": ident,
-                 "parent_id": None, "group": None, "retries": 0, "eta": None,
-                 "expires": None, "argsrepr": "(2, 2)", "kwargsrepr": "{}",
-                 "origin": "gen1@perf", "ignore_result": False})
+        headers=headers)
+
+
+def _table_in_dict_order(value: dict[str, object]) -> bytes:
+    data = b"".join(encode.short_string(key) + encode.encode_table_value(item)
+                    for key, item in value.items())
+    return len(data).to_bytes(4, "big") + data
+
+
+@contextlib.contextmanager
+def unsorted_tables() -> Iterator[None]:
+    """pamqp encodes a table's fields sorted by name; within this, in the dict's order."""
+    sorted_encoder = encode.METHODS["table"]
+    encode.METHODS["table"] = _table_in_dict_order
+    try:
+        yield
+    finally:
+        encode.METHODS["table"] = sorted_encoder
 
 
 async def run(messages: int, size: int, ack: bool, batch: int,
               data_dir: str | None = None, read_size: int = 256_000,
-              task_props: bool = False, confirm: bool = False) -> float:
+              task_props: bool = False, confirm: bool = False, shuffle: bool = False) -> float:
     broker = Broker(BrokerConfig(port=0, data_dir=Path(data_dir) if data_dir else None))
     await broker.start()
     publisher, consumer = Connection(broker), Connection(broker)
@@ -148,9 +175,11 @@ async def run(messages: int, size: int, ack: bool, batch: int,
                         for at in range(0, size, piece)))
 
     if task_props:  # every message its own header (made before the clock starts)
-        rounds = [reads(b"".join(message(task_properties(seq, data_dir is not None))
-                                 for seq in range(start, start + batch)), read_size)
-                  for start in range(0, messages - batch + 1, batch)]
+        with unsorted_tables() if shuffle else contextlib.nullcontext():
+            rounds = [reads(b"".join(message(task_properties(seq, data_dir is not None,
+                                                             shuffle))
+                                     for seq in range(start, start + batch)), read_size)
+                      for start in range(0, messages - batch + 1, batch)]
     else:
         rounds = [reads(message(properties) * batch, read_size)] * (messages // batch)
     delivered_tag = 0
@@ -185,6 +214,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--task-props", action="store_true",
                         help="new Celery-like properties for every message (amqp-perf's flag)")
+    parser.add_argument("--shuffle-headers", action="store_true",
+                        help="with --task-props: the headers table's fields in a new order "
+                             "every message, as amqp-perf's Go client sends them")
     parser.add_argument("--confirm", action="store_true", help="publisher confirms")
     parser.add_argument("--persistent", action="store_true",
                         help="persistent messages, durable queue, confirms, fsync (implies --ack)")
@@ -202,11 +234,12 @@ def main() -> None:
             results.append(asyncio.run(run(
                 args.messages, args.size, args.ack or args.persistent, batch,
                 data_dir if args.persistent else None, args.read_size, args.task_props,
-                args.confirm)))
+                args.confirm, args.shuffle_headers)))
     best = min(results)
     print(f"{best:.2f} us/message (best of {args.rounds}; {1e6 / best:,.0f} msg/s on one core) "
           f"size={args.size} ack={args.ack or args.persistent} persistent={args.persistent} "
-          f"task_props={args.task_props} confirm={args.confirm or args.persistent}")
+          f"task_props={args.task_props} shuffle={args.shuffle_headers} "
+          f"confirm={args.confirm or args.persistent}")
 
 
 if __name__ == "__main__":
