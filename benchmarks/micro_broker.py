@@ -144,7 +144,8 @@ def unsorted_tables() -> Iterator[None]:
 
 async def run(messages: int, size: int, ack: bool, batch: int,
               data_dir: str | None = None, read_size: int = 256_000,
-              task_props: bool = False, confirm: bool = False, shuffle: bool = False) -> float:
+              task_props: bool = False, confirm: bool = False, shuffle: bool = False,
+              single_acks: bool = False) -> float:
     broker = Broker(BrokerConfig(port=0, data_dir=Path(data_dir) if data_dir else None))
     await broker.start()
     publisher, consumer = Connection(broker), Connection(broker)
@@ -183,6 +184,10 @@ async def run(messages: int, size: int, ack: bool, batch: int,
     else:
         rounds = [reads(message(properties) * batch, read_size)] * (messages // batch)
     delivered_tag = 0
+    single_ack_rounds = [frames(*((1, commands.Basic.Ack(delivery_tag=tag))
+                                  for tag in range(start + 1, start + batch + 1)))
+                         for start in range(0, messages - batch + 1, batch)]
+    single_ack_rounds.reverse()  # popped from the end, one per round
     started = time.process_time()
     for chunks in rounds:
         for chunk in chunks:
@@ -191,7 +196,9 @@ async def run(messages: int, size: int, ack: bool, batch: int,
         await asyncio.sleep(0)
         while not ack and queue.message_count:
             await asyncio.sleep(0)  # big bodies: deliveries are limited per iteration
-        if ack:
+        if ack and single_acks:
+            consumer.data_received(single_ack_rounds.pop())
+        elif ack:
             delivered_tag += batch
             consumer.data_received(frames(
                 (1, commands.Basic.Ack(delivery_tag=delivered_tag, multiple=True))))
@@ -211,6 +218,9 @@ def main() -> None:
     parser.add_argument("--read-size", type=int, default=256_000,
                         help="the largest read the publisher's bytes arrive in")
     parser.add_argument("--ack", action="store_true", help="manual acks (multiple per batch)")
+    parser.add_argument("--single-acks", action="store_true",
+                        help="with --ack: one basic.ack per message, as amqp-perf and Celery "
+                             "send them (default: one multiple ack per round)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--task-props", action="store_true",
                         help="new Celery-like properties for every message (amqp-perf's flag)")
@@ -234,12 +244,12 @@ def main() -> None:
             results.append(asyncio.run(run(
                 args.messages, args.size, args.ack or args.persistent, batch,
                 data_dir if args.persistent else None, args.read_size, args.task_props,
-                args.confirm, args.shuffle_headers)))
+                args.confirm, args.shuffle_headers, args.single_acks)))
     best = min(results)
     print(f"{best:.2f} us/message (best of {args.rounds}; {1e6 / best:,.0f} msg/s on one core) "
           f"size={args.size} ack={args.ack or args.persistent} persistent={args.persistent} "
           f"task_props={args.task_props} shuffle={args.shuffle_headers} "
-          f"confirm={args.confirm or args.persistent}")
+          f"confirm={args.confirm or args.persistent} single_acks={args.single_acks}")
 
 
 if __name__ == "__main__":

@@ -594,11 +594,11 @@ class Channel:
 
     def _settle_or_hold(self, settled: list[tuple[int, Delivery]],
                         requeue: bool | None) -> None:
+        """Settle now, or at commit in a transaction (the tags leave ``unacked`` now, as in
+        RabbitMQ: a second ack of one tag is an error at once, not at commit)."""
         if self._deadlines:
             for tag, _delivery in settled:
                 self._deadlines.pop(tag, None)
-        """Settle now, or at commit in a transaction (the tags leave ``unacked`` now, as in
-        RabbitMQ: a second ack of one tag is an error at once, not at commit)."""
         if self.tx_mode:
             self.tx_settlements.append((settled, requeue))
         else:
