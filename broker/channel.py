@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -63,6 +64,7 @@ def _expected_body() -> errors.AMQPError:
 # Properties whose check has an effect (the TTL noted, reply_to rewritten): never cached.
 _NOT_PLAIN = fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION | fastpath.FLAG_REPLY_TO
 _SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
+_unpack_tag = struct.Struct(">Q").unpack_from
 _CACHE_SIZE = 8  # per channel: a publisher's few destinations and property sets
 _REPLAY_BATCH = 1024  # held frames processed per event-loop iteration
 _CACHED_HEADER_MAX = 512  # bytes; bigger headers are checked each time
@@ -588,6 +590,27 @@ class Channel:
 
     def ack(self, tag: int, multiple: bool) -> None:
         self._settle_or_hold(self._collect(tag, multiple), None)
+
+    def ack_each(self, payloads: list[bytes]) -> int:
+        """Settle the plain basic.acks (one tag each) in ``payloads`` together, in order, as
+        ``ack`` would one by one; stop at the first whose tag is not unacknowledged here, or
+        at once mid-publish or in a transaction. Returns how many were settled."""
+        if self._publish is not None or self.tx_mode:
+            return 0
+        unacked = self.unacked
+        deadlines = self._deadlines
+        settled = []
+        for payload in payloads:
+            tag = _unpack_tag(payload, 4)[0]
+            delivery = unacked.pop(tag, None)
+            if delivery is None:
+                break
+            if deadlines:
+                deadlines.pop(tag, None)
+            settled.append(delivery)
+        if settled:
+            self._settle(settled, None)
+        return len(settled)
 
     def nack(self, tag: int, multiple: bool, requeue: bool) -> None:
         self._settle_or_hold(self._collect(tag, multiple), requeue)

@@ -55,6 +55,8 @@ GATHER_AVERAGE = 1024
 
 HOLD_HARD_LIMIT = 64 * 1024 * 1024  # held frames past which reading stops in any case
 _SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
+_ACK_ID = c.BASIC_ACK.to_bytes(4, "big")
+_ACK_SIZE = 13  # class, method, delivery tag, bits (multiple=false when 0)
 
 # States of the connection's life.
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
@@ -276,14 +278,28 @@ class Connection(asyncio.BufferedProtocol):
             if not data:
                 return
         channels = self.channels
+        # Plain acks (one tag each, as most consumers send them) that follow each other on
+        # one channel are settled together: ``acks`` holds their payloads until another
+        # frame comes, or the read ends.
+        acks: list[bytes] = []
+        acks_on = -1
         try:
             for frame_type, number, payload in self.reader.feed(data):
+                plain_ack = (frame_type == c.FRAME_METHOD and len(payload) == _ACK_SIZE
+                             and payload.startswith(_ACK_ID) and not payload[12])
+                if acks and (number != acks_on or not plain_ack):
+                    taken, acks = acks, []
+                    self._acks(acks_on, taken)
                 # Fast path: a whole publish, a content frame, or a method not of the channel
                 # class, on an open channel of an open connection goes straight to its channel.
                 channel = channels.get(number)
                 if (channel is not None and channel.inbox is None and self.writable
                         and self.out_bytes < OUT_BATCH_BYTES and self.state == OPEN
                         and not channel.closing):
+                    if plain_ack:
+                        acks.append(payload)
+                        acks_on = number
+                        continue
                     if frame_type == c.FRAME_PUBLISH:
                         channel.handle_publish(*payload)
                         continue
@@ -292,12 +308,34 @@ class Connection(asyncio.BufferedProtocol):
                         channel.handle_frame(frame_type, payload)
                         continue
                 self._frame(frame_type, number, payload)
+            if acks:
+                taken, acks = acks, []
+                self._acks(acks_on, taken)
         except errors.AMQPError as error:
+            self._acks_before_error(acks_on, acks)
             self.close_with_error(error)
         except Exception as error:
+            self._acks_before_error(acks_on, acks)
             self._internal_error(error)
         if self.held_bytes and not self.reading_paused:
             self._update_reading()
+
+    def _acks(self, number: int, payloads: list[bytes]) -> None:
+        """Plain basic.acks in a row on channel ``number`` (taken on the fast path): settled
+        together, up to the first the channel cannot settle that way (an unknown tag...);
+        that one and the rest go one by one, with every check and error of that path."""
+        taken = self.channels[number].ack_each(payloads)
+        for payload in payloads[taken:]:
+            self._frame(c.FRAME_METHOD, number, payload)
+
+    def _acks_before_error(self, number: int, payloads: list[bytes]) -> None:
+        """Acks that came before a frame that failed the connection count, as they would
+        have one by one (their messages are not requeued by the close)."""
+        if payloads:
+            try:
+                self._acks(number, payloads)
+            except Exception:  # the connection closes anyway: the first error is its reason
+                log.debug("acks before a connection error failed too", exc_info=True)
 
     def _frame(self, frame_type: int, number: int, payload: object) -> None:
         """A frame off the fast path (or held by its channel and processed now)."""
