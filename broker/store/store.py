@@ -144,6 +144,7 @@ class MessageStore:
         self.audit_checked = 0
         self.audit_violations: list[str] = []
         self._synced_sizes: dict[Path, int] = {}
+        self._segment_numbers: dict[Path, int] = {}  # see _segment_number
 
     # -- opening and recovery -------------------------------------------------------------
     def open(self) -> Recovered:
@@ -487,8 +488,13 @@ class MessageStore:
         if ticket > self.durable:
             self.durable = ticket
         self._synced_sizes = sizes
-        written = max((self._segment_position(path, size) for path, size in sizes.items()
-                       if path.parent == self.segment_dir), default=0)
+        written = 0
+        for path, size in sizes.items():
+            number = self._segment_numbers.get(path)
+            if number is None:
+                number = self._segment_number(path)
+            if number >= 0:
+                written = max(written, (number << records.SEGMENT_SHIFT) | size)
         self._written = max(self._written, written)
         if self.failed is not None and self.writer is not None and not self.writer.failed:
             log.warning("message store writes succeed again")
@@ -505,12 +511,17 @@ class MessageStore:
                 log.exception("error in a durability callback")
         self.compactor.check()
 
-    @staticmethod
-    def _segment_position(path: Path, size: int) -> int:
-        try:
-            return (int(path.stem) << records.SEGMENT_SHIFT) | size
-        except ValueError:
-            return 0
+    def _segment_number(self, path: Path) -> int:
+        """The number of the segment file ``path``, -1 for any other file (remembered: a
+        group commit reports the same few files every time)."""
+        number = -1
+        if path.parent == self.segment_dir:
+            with contextlib.suppress(ValueError):
+                number = int(path.stem)
+        if len(self._segment_numbers) >= 64:
+            self._segment_numbers.clear()
+        self._segment_numbers[path] = number
+        return number
 
     def _write_failed(self, durable: int, error: OSError) -> None:
         if durable > self.durable:
