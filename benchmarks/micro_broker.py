@@ -145,7 +145,7 @@ def unsorted_tables() -> Iterator[None]:
 async def run(messages: int, size: int, ack: bool, batch: int,
               data_dir: str | None = None, read_size: int = 256_000,
               task_props: bool = False, confirm: bool = False, shuffle: bool = False,
-              single_acks: bool = False) -> float:
+              single_acks: bool = False, setup_only: bool = False) -> float:
     broker = Broker(BrokerConfig(port=0, data_dir=Path(data_dir) if data_dir else None))
     await broker.start()
     publisher, consumer = Connection(broker), Connection(broker)
@@ -188,6 +188,9 @@ async def run(messages: int, size: int, ack: bool, batch: int,
                                   for tag in range(start + 1, start + batch + 1)))
                          for start in range(0, messages - batch + 1, batch)]
     single_ack_rounds.reverse()  # popped from the end, one per round
+    if setup_only:  # for instruction counts: see --setup-only
+        await broker.stop()
+        return 0.0
     started = time.process_time()
     for chunks in rounds:
         for chunk in chunks:
@@ -222,6 +225,11 @@ def main() -> None:
                         help="with --ack: one basic.ack per message, as amqp-perf and Celery "
                              "send them (default: one multiple ack per round)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--setup-only", action="store_true",
+                        help="build everything, then stop before the timed part: under "
+                             "valgrind --tool=callgrind, the difference between a run with "
+                             "and one without it, divided by --messages, is the timed part's "
+                             "instructions per message (noise-free, unlike CPU time)")
     parser.add_argument("--task-props", action="store_true",
                         help="new Celery-like properties for every message (amqp-perf's flag)")
     parser.add_argument("--shuffle-headers", action="store_true",
@@ -244,7 +252,10 @@ def main() -> None:
             results.append(asyncio.run(run(
                 args.messages, args.size, args.ack or args.persistent, batch,
                 data_dir if args.persistent else None, args.read_size, args.task_props,
-                args.confirm, args.shuffle_headers, args.single_acks)))
+                args.confirm, args.shuffle_headers, args.single_acks, args.setup_only)))
+    if args.setup_only:
+        print("set up only (nothing timed)")
+        return
     best = min(results)
     print(f"{best:.2f} us/message (best of {args.rounds}; {1e6 / best:,.0f} msg/s on one core) "
           f"size={args.size} ack={args.ack or args.persistent} persistent={args.persistent} "
