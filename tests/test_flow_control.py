@@ -34,10 +34,13 @@ def _rss_kb(pid: int, field: str = "VmRSS") -> int:
 
 
 @pytest.mark.timeout(120)
-def test_publisher_and_consumer_on_one_connection_never_deadlock(tmp_path: Path) -> None:
-    """pika's single-connection app: 30,000 messages (three times the queue's flow limit of
-    10,000 ready) published while the same connection consumes slowly; everything arrives
-    and memory stays bounded. (The deadlock it guards against stopped at 12 of 15,000.)"""
+@pytest.mark.parametrize("total", [30_000, pytest.param(100_000, marks=pytest.mark.slow)])
+def test_publisher_and_consumer_on_one_connection_never_deadlock(tmp_path: Path,
+                                                                 total: int) -> None:
+    """pika's single-connection app: ``total`` messages (30,000 in the default run, three
+    times the queue's flow limit of 10,000 ready; 100,000 with -m slow) published while the
+    same connection consumes slowly; everything arrives and memory stays bounded. (The
+    deadlock it guards against stopped at 12 of 15,000.)"""
     broker = BrokerProcess(tmp_path / "data")
     broker.start()
     try:
@@ -52,7 +55,6 @@ def test_publisher_and_consumer_on_one_connection_never_deadlock(tmp_path: Path)
             channel.basic_ack(method.delivery_tag)
 
         ch.basic_consume("one-conn", on_message)
-        total = 30_000
         body = b"x" * 64
         for index in range(total):
             ch.basic_publish("", "one-conn", body)
