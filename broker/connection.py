@@ -307,6 +307,9 @@ class Connection(asyncio.BufferedProtocol):
                             and frame_type != c.FRAME_HEARTBEAT):
                         channel.handle_frame(frame_type, payload)
                         continue
+                if acks:  # a frame off the fast path never overtakes the acks before it
+                    taken, acks = acks, []
+                    self._acks(acks_on, taken)
                 self._frame(frame_type, number, payload)
             if acks:
                 taken, acks = acks, []
