@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -64,7 +63,6 @@ def _expected_body() -> errors.AMQPError:
 # Properties whose check has an effect (the TTL noted, reply_to rewritten): never cached.
 _NOT_PLAIN = fastpath.FLAG_USER_ID | fastpath.FLAG_EXPIRATION | fastpath.FLAG_REPLY_TO
 _SETTLEMENTS = frozenset((c.BASIC_ACK, c.BASIC_NACK, c.BASIC_REJECT))
-_unpack_tag = struct.Struct(">Q").unpack_from
 _CACHE_SIZE = 8  # per channel: a publisher's few destinations and property sets
 _REPLAY_BATCH = 1024  # held frames processed per event-loop iteration
 _CACHED_HEADER_MAX = 512  # bytes; bigger headers are checked each time
@@ -601,7 +599,7 @@ class Channel:
         deadlines = self._deadlines
         settled = []
         for payload in payloads:
-            tag = _unpack_tag(payload, 4)[0]
+            tag = fastpath.decode_ack(payload)[0]
             delivery = unacked.pop(tag, None)
             if delivery is None:
                 break

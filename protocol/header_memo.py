@@ -18,18 +18,12 @@ from __future__ import annotations
 
 import struct
 
-from leveret.protocol.validate import FIXED_SIZES, check_content_header
+from leveret.protocol.validate import FIXED_SIZES, PROPERTIES, check_content_header
 
 _L_unpack = struct.Struct(">L").unpack_from
 
 _FIXED = {ord(tag): size for tag, size in FIXED_SIZES.items()}  # by tag byte
 _STRINGS = (ord("S"), ord("x"))  # a long string or byte array: its contents are free
-_NESTED = (ord("F"), ord("A"))  # a table or array inside: all shape
-# The property flags in order, and whether each is a shortstr (its contents free); the
-# others are: headers (the table, walked), delivery-mode and priority (1 octet), timestamp (8).
-_PROPERTIES = ((0x8000, True), (0x4000, True), (0x2000, False), (0x1000, False),
-               (0x0800, False), (0x0400, True), (0x0200, True), (0x0100, True), (0x0080, True),
-               (0x0040, False), (0x0020, True), (0x0010, True), (0x0008, True), (0x0004, True))
 
 MEMO_LENGTHS = 4
 """Header lengths remembered per checker (all forgotten when one more comes)."""
@@ -47,15 +41,15 @@ def string_spans(payload: bytes) -> list[tuple[int, int]]:
     spans = []
     flags = (payload[12] << 8) | payload[13]
     at = 14
-    for flag, shortstr in _PROPERTIES:
+    for flag, _name, kind in PROPERTIES:
         if not flags & flag:
             continue
-        if shortstr:
+        if kind == -1:  # a shortstr
             size = payload[at]
             if size:
                 spans.append((at + 1, at + 1 + size))
             at += 1 + size
-        elif flag == 0x2000:  # headers
+        elif kind == -2:  # the headers table
             end = at + 4 + _L_unpack(payload, at)[0]
             at += 4
             while at < end:
@@ -69,10 +63,8 @@ def string_spans(payload: bytes) -> list[tuple[int, int]]:
                     if tag in _STRINGS and size:
                         spans.append((at + 5, at + 5 + size))
                     at += 5 + size
-        elif flag == 0x0040:  # timestamp
-            at += 8
-        else:  # delivery-mode, priority
-            at += 1
+        else:  # fixed size: delivery-mode, priority, timestamp
+            at += kind
     return spans
 
 

@@ -215,7 +215,7 @@ def _check_items(buf: bytes, at: int, end: int, where: str) -> None:
 
 
 # (flag bit, property name, size): size >= 0 a fixed size, -1 a shortstr, -2 the table.
-_PROPERTIES = (
+PROPERTIES = (
     (0x8000, "content_type", -1),
     (0x4000, "content_encoding", -1),
     (0x2000, "headers", -2),
@@ -239,7 +239,7 @@ def _header_error(payload: bytes) -> SyntaxError_:
     size = len(payload)
     flags = (payload[12] << 8) | payload[13]
     at, last = 14, None
-    for flag, name, kind in _PROPERTIES:
+    for flag, name, kind in PROPERTIES:
         if not flags & flag:
             continue
         start = at

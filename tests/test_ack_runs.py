@@ -64,7 +64,7 @@ def _deliveries(client: RawClient, channel: int, queue: str, count: int) -> list
     return tags
 
 
-def _left(broker: BrokerAddress, queue: str, owner: RawClient, channel: int) -> list[str]:
+def _left(queue: str, owner: RawClient, channel: int) -> list[str]:
     """The bodies ``queue`` holds now (basic.get with no-ack on a fresh channel of its
     owner: the queue is exclusive), marked '*' when redelivered."""
     owner.open_channel(channel)
@@ -100,7 +100,7 @@ def test_fifty_acks_in_one_write_all_count(client: RawClient, broker: BrokerAddr
     while not isinstance(client.read_non_heartbeat().value, commands.Channel.CloseOk):
         pass
     # the ten not acked come back, redelivered
-    assert _left(broker, queue, client, 3) == [f"{index}*" for index in range(50, 60)]
+    assert _left(queue, client, 3) == [f"{index}*" for index in range(50, 60)]
 
 
 def test_an_unknown_tag_in_a_run_closes_the_channel_there(client: RawClient,
@@ -119,7 +119,7 @@ def test_an_unknown_tag_in_a_run_closes_the_channel_there(client: RawClient,
     assert close.reply_text == "PRECONDITION_FAILED - unknown delivery tag 99"
     assert (close.class_id, close.method_id) == (60, 80)
     client.send_method(2, commands.Channel.CloseOk())
-    assert _left(broker, queue, client, 3) == [f"{index}*" for index in range(4, 10)]
+    assert _left(queue, client, 3) == [f"{index}*" for index in range(4, 10)]
 
 
 def test_a_tag_acked_twice_in_a_run_is_unknown_the_second_time(client: RawClient,
@@ -134,7 +134,7 @@ def test_a_tag_acked_twice_in_a_run_is_unknown_the_second_time(client: RawClient
     close = client.expect_channel_close(2, 406)
     assert close.reply_text == f"PRECONDITION_FAILED - unknown delivery tag {tags[1]}"
     client.send_method(2, commands.Channel.CloseOk())
-    assert _left(broker, queue, client, 3) == ["2*", "3*", "4*"]
+    assert _left(queue, client, 3) == ["2*", "3*", "4*"]
 
 
 def test_acks_in_a_transaction_wait_for_commit(client: RawClient, broker: BrokerAddress,
@@ -154,7 +154,7 @@ def test_acks_in_a_transaction_wait_for_commit(client: RawClient, broker: Broker
     client.send_method(2, commands.Channel.Close(200, "bye", 0, 0))
     while not isinstance(client.read_non_heartbeat().value, commands.Channel.CloseOk):
         pass
-    assert _left(broker, queue, client, 3) == ["2*", "3*", "4*", "5*"]
+    assert _left(queue, client, 3) == ["2*", "3*", "4*", "5*"]
 
 
 def test_an_ack_inside_a_publish_is_still_an_unexpected_frame(client: RawClient,
@@ -190,7 +190,7 @@ def test_acks_before_a_frame_error_count(client: RawClient, broker: BrokerAddres
     client.expect_connection_close(501)
     with connect(broker.host, broker.port) as other:
         other.open_channel(1)
-        assert _left(broker, queue, other, 2) == ["3*", "4*"]
+        assert _left(queue, other, 2) == ["3*", "4*"]
         other.send_method(1, commands.Queue.Delete(queue=queue))
         other.expect_method(commands.Queue.DeleteOk, channel=1)
 
@@ -257,7 +257,7 @@ def _outcome(broker: BrokerAddress, queue: str, operations: list[tuple[str, int]
             while not isinstance(raw.read_non_heartbeat().value, commands.Channel.CloseOk):
                 pass
             reply = None
-        return reply, _left(broker, queue, raw, 3)
+        return reply, _left(queue, raw, 3)
 
 
 @settings(max_examples=25, deadline=None,
